@@ -1,0 +1,292 @@
+"""skew-sidecar profile | profile merge | check | demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+
+from . import __version__
+from .baseline import Baseline, BaselineError, ProfileSettings
+from .check import InputProblems, check_file
+from .profile import ProfileOptions, profile_files
+from .readers import ReaderError
+from .render import format_baseline, format_report
+from .report import DriftRule
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+def _names(values: list[str] | None) -> frozenset[str]:
+    """Column lists may be given repeatedly and/or comma-separated."""
+    return frozenset(n.strip() for v in values or [] for n in v.split(",") if n.strip())
+
+
+class Progress:
+    """Progress on stderr for long inputs: quiet for the first two seconds."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.started = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.started < 2 or now - self.last < 1:
+            return
+        self.last = now
+        pct = f" ({100 * done / total:.0f}%)" if total else ""
+        rate = done / (now - self.started) / 1e6
+        print(
+            f"profiling: {done / 1e6:,.0f} of {total / 1e6:,.0f} MB{pct}, {rate:.0f} MB/s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _profile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "profile",
+        help="build a baseline from training data",
+        description="Build a baseline from training files (CSV, TSV, JSON lines, "
+        "Parquet; optionally .gz). `skew-sidecar profile merge A B -o C` merges "
+        "baselines built on partitions of the same data.",
+    )
+    p.add_argument("train", nargs="+", help="training files")
+    p.add_argument("-o", "--output", required=True, help="baseline JSON to write")
+    for kind in ("categorical", "numeric", "timestamp"):
+        p.add_argument(
+            f"--{kind}",
+            action="append",
+            metavar="COL",
+            help=f"treat these columns as {kind} (comma-separated, repeatable)",
+        )
+    p.add_argument("--exclude", action="append", metavar="COL", help="columns to leave out")
+    p.add_argument(
+        "--prediction-column",
+        action="append",
+        metavar="COL",
+        help="columns holding model outputs (checked against responses)",
+    )
+    defaults = ProfileSettings()
+    p.add_argument("--bins", type=int, default=defaults.bins, help="equal-frequency bins")
+    p.add_argument("--top-k", type=int, default=defaults.top_k, help="categorical bins")
+    p.add_argument("--vocabulary-cap", type=int, default=defaults.vocabulary_cap)
+    p.add_argument(
+        "--discrete-max",
+        type=int,
+        default=defaults.discrete_max,
+        help="numerics with at most this many distinct values get a bin per value",
+    )
+    p.add_argument("--sketch-k", type=int, default=defaults.sketch_k, help="KLL sketch size")
+    p.add_argument(
+        "--chunk-rows", type=int, default=10_000, help="rows per chunk (memory bound)"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary or progress")
+
+
+def _merge_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="skew-sidecar profile merge",
+        description="Merge baselines built on partitions of one data set.",
+    )
+    p.add_argument("baselines", nargs="+")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-q", "--quiet", action="store_true")
+    return p
+
+
+def _check_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "check",
+        help="check a file of request bodies against a baseline",
+        description="Check request bodies (one JSON body per line: an object or "
+        "a list of objects) against a baseline.",
+    )
+    p.add_argument("requests", help="JSON lines file of request bodies (.gz ok)")
+    p.add_argument("-b", "--baseline", required=True)
+    p.add_argument("--json", action="store_true", help="one JSON object per window")
+    p.add_argument("--window-rows", type=int, help="split the file into windows of N rows")
+    rule = DriftRule()
+    p.add_argument(
+        "--min-rows",
+        type=int,
+        default=rule.min_rows,
+        help="no verdict for windows or features with fewer values",
+    )
+    p.add_argument("--alpha", type=float, default=rule.alpha, help="G-test significance level")
+    p.add_argument(
+        "--psi-floor",
+        type=float,
+        default=rule.psi_floor,
+        help="smallest PSI that can count as drift",
+    )
+    p.add_argument(
+        "--predictions",
+        action="store_true",
+        help="also check prediction columns (when the rows carry model outputs)",
+    )
+    p.add_argument("--strict", action="store_true", help="exit 2 if any line is unusable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skew-sidecar", description="Catch training/serving skew in production."
+    )
+    parser.add_argument("--version", action="version", version=f"skew-sidecar {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _profile_parser(sub)
+    _check_parser(sub)
+    demo = sub.add_parser("demo", help="profile and check the embedded demo data set")
+    demo.add_argument("--dir", help="where to write the demo files (default: a temp dir)")
+    demo.add_argument("--rows", type=int, default=5000, help="training rows")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args_list[:2] == ["profile", "merge"]:
+            return _merge(_merge_parser().parse_args(args_list[2:]))
+        args = build_parser().parse_args(args_list)
+        if args.command == "profile":
+            return _profile(args)
+        if args.command == "check":
+            return _check(args)
+        return _demo(args)
+    except (UsageError, BaselineError, ReaderError, ValueError, OSError) as exc:
+        print(f"skew-sidecar: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _profile(args: argparse.Namespace) -> int:
+    try:
+        settings = ProfileSettings(
+            bins=args.bins,
+            top_k=args.top_k,
+            vocabulary_cap=args.vocabulary_cap,
+            discrete_max=args.discrete_max,
+            sketch_k=args.sketch_k,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    options = ProfileOptions(
+        settings=settings,
+        categorical=_names(args.categorical),
+        numeric=_names(args.numeric),
+        timestamp=_names(args.timestamp),
+        exclude=_names(args.exclude),
+        prediction=_names(args.prediction_column),
+        chunk_rows=args.chunk_rows,
+        progress=Progress(not args.quiet),
+    )
+    baseline = profile_files(args.train, options)
+    if not baseline.rows:
+        raise UsageError(f"no rows in {', '.join(args.train)}: nothing to profile")
+    baseline.save(args.output)
+    if not args.quiet:
+        print(format_baseline(baseline))
+        _warn_empty(baseline)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _warn_empty(baseline: Baseline) -> None:
+    for name, feat in baseline.features.items():
+        if not feat.count:
+            print(
+                f"warning: feature {name!r} has no values in training (all missing); "
+                "only its missing rate will be checked",
+                file=sys.stderr,
+            )
+
+
+def _merge(args: argparse.Namespace) -> int:
+    baselines = [Baseline.load(path) for path in args.baselines]
+    merged = baselines[0].merge(*baselines[1:])
+    merged.save(args.output)
+    if not args.quiet:
+        print(format_baseline(merged))
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    baseline = Baseline.load(args.baseline)
+    if not Path(args.requests).is_file():
+        raise UsageError(f"{args.requests}: no such file")
+    rule = DriftRule(min_rows=args.min_rows, alpha=args.alpha, psi_floor=args.psi_floor)
+    problems = InputProblems()
+    roles = ("input", "prediction") if args.predictions else ("input",)
+    first = True
+    for report in check_file(
+        baseline,
+        args.requests,
+        rule=rule,
+        window_rows=args.window_rows,
+        problems=problems,
+        roles=roles,
+    ):
+        if args.json:
+            sys.stdout.buffer.write(
+                orjson.dumps(report.to_json(), option=orjson.OPT_APPEND_NEWLINE)
+            )
+        else:
+            if not first:
+                print()
+            print(format_report(report))
+        first = False
+    sys.stdout.flush()
+    if problems.total:
+        print(
+            f"warning: {problems.total} unusable lines in {args.requests} "
+            f"({problems.invalid_json} invalid JSON, {problems.not_rows} not rows); first: "
+            + "; ".join(problems.first_lines),
+            file=sys.stderr,
+        )
+        if args.strict:
+            return EXIT_BAD_INPUT
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    folder = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="skew-demo-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    train, serving, baseline_path = (
+        folder / n for n in ("train.jsonl", "serving.jsonl", "baseline.json")
+    )
+    _write_jsonl(train, demo.training_rows(args.rows))
+    _write_jsonl(serving, demo.serving_rows())
+    print(f"1. profile: {train}")
+    baseline = profile_files([train], ProfileOptions(prediction=frozenset({"churn_score"})))
+    baseline.save(baseline_path)
+    print(format_baseline(baseline))
+    print(f"\n2. check: {serving} against {baseline_path}")
+    for report in check_file(Baseline.load(baseline_path), serving):
+        print(format_report(report))
+    print("\nwhat the demo's serving path got wrong:")
+    for name, what in demo.INJECTED_SKEW.items():
+        print(f"  {name}: {what}")
+    print(f"\nfiles are in {folder}; try: skew-sidecar check -b {baseline_path} {serving} --json")
+    return 0
+
+
+def _write_jsonl(path: Path, rows: object) -> None:
+    with open(path, "wb") as out:
+        for row in rows:  # type: ignore[attr-defined]
+            out.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,428 @@
+"""Row checks and window accumulation against a baseline: numpy over columns, no I/O.
+
+`Engine.check(rows)` extracts one column per baseline feature from a batch of
+rows, classifies values by type in C-level passes (`set(map(type, col))`) and
+accumulates counts with a handful of vectorised numpy calls per feature and
+batch, never one numpy call per value. `Engine.close_window()` hands the
+accumulated window to `report.build_report`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from itertools import chain, repeat
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .baseline import Baseline, Feature
+from .categorical import CategoricalStats, category_key
+from .flatten import flatten
+from .numeric import NumericStats
+from .sequences import ListStats, list_shape, numeric_elements, shape_key
+from .timestamps import Instant, TimestampStats, parse_epoch, parse_iso
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+
+class _Absent:
+    """Marks a key missing from a row (null values are None)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Any = _Absent()
+_NUMBER_TYPES = frozenset({int, float})
+_MISSING_TYPES = frozenset({type(None), _Absent})
+
+
+class FeatureWindow:
+    """Counts for one feature over one window; every field is a plain sum."""
+
+    def __init__(self, bins: int, grid: int = 0, vocabulary: int = 0) -> None:
+        self.values = 0  # present, of the right type (finite or not)
+        self.missing = 0
+        self.absent = 0  # the key itself was missing (a subset of missing)
+        self.nonfinite = 0
+        self.type_mismatch = 0
+        self.low = 0
+        self.high = 0
+        self.unseen = 0
+        self.shape_mismatch = 0
+        self.bin_counts: IntArray = np.zeros(bins, dtype=np.int64)
+        self.grid_counts: IntArray = np.zeros(grid + 1 if grid else 0, dtype=np.int64)
+        self.vocabulary_counts: IntArray = np.zeros(vocabulary, dtype=np.int64)
+        self.weekday_counts: IntArray = np.zeros(0, dtype=np.int64)
+        self.finite = 0
+        self.sum_dev = 0.0  # sum of (x - training mean)
+        self.sumsq_dev = 0.0
+        self.below_sum = 0.0  # sum of (training min - x) over x below the range
+        self.above_sum = 0.0
+        self.offsets: dict[str, int] = {}
+        self.lengths: FeatureWindow | None = None
+
+
+class NumericChecker:
+    def __init__(self, stats: NumericStats) -> None:
+        self.stats = stats
+        self.empty = stats.bins is None
+        bins = stats.bins
+        self.values_bins = None if bins is None or bins.values is None else np.array(bins.values)
+        self.n_bins = 1 if bins is None else len(bins.fractions)
+        self.grid = np.array(stats.grid)
+        self.min, self.max, self.mean = stats.min, stats.max, stats.mean
+
+    def new_window(self) -> FeatureWindow:
+        return FeatureWindow(self.n_bins, len(self.grid))
+
+    def check(self, column: Sequence[Any], window: FeatureWindow) -> None:
+        kinds = set(map(type, column))
+        if not kinds <= _NUMBER_TYPES:
+            column = _drop_missing(column, kinds, window)
+            numbers = [v for v in column if type(v) is int or type(v) is float]
+            window.type_mismatch += len(column) - len(numbers)
+            column = numbers
+        if column:
+            self.add(_to_array(column), window)
+
+    def add(self, x: FloatArray, window: FeatureWindow) -> None:
+        window.values += len(x)
+        finite_mask = np.isfinite(x)
+        if not finite_mask.all():
+            window.nonfinite += int(len(x) - finite_mask.sum())
+            x = x[finite_mask]
+        if not len(x) or self.empty:
+            window.finite += len(x)
+            return
+        window.finite += len(x)
+        below = x < self.min
+        above = x > self.max
+        low, high = int(below.sum()), int(above.sum())
+        if low:
+            window.low += low
+            window.below_sum += float((self.min - x[below]).sum())
+        if high:
+            window.high += high
+            window.above_sum += float((x[above] - self.max).sum())
+        # One binary search per value: the grid holds every bin edge.
+        buckets = np.searchsorted(self.grid, x)
+        window.grid_counts += np.bincount(buckets, minlength=len(self.grid) + 1)
+        if self.values_bins is not None:
+            # Discrete: the grid is the training values; a bucket is a bin on equality.
+            hit = buckets < len(self.grid)
+            hit[hit] = self.grid[buckets[hit]] == x[hit]
+            buckets[~hit] = self.n_bins - 1  # the bin of values never seen in training
+            window.bin_counts += np.bincount(buckets, minlength=self.n_bins)
+        dev = x - self.mean
+        window.sum_dev += float(dev.sum())
+        window.sumsq_dev += float(np.dot(dev, dev))
+
+
+class CategoricalChecker:
+    def __init__(self, stats: CategoricalStats) -> None:
+        self.stats = stats
+        vocabulary = list(stats.vocabulary)
+        self.size = len(vocabulary)
+        # Slots: vocabulary..., unseen, null, absent.
+        self.index: dict[Any, int] = {key: i for i, key in enumerate(vocabulary)}
+        self.unseen_slot = self.size
+        top = {key: i for i, key in enumerate(stats.top)}
+        other = len(stats.top)
+        self.to_bin = np.array(
+            [top.get(key, other) for key in vocabulary] + [other], dtype=np.int64
+        )
+        self.n_bins = other + 1
+        self.value_type = stats.value_type
+        if self.value_type == "string":
+            self.accepted: frozenset[type] = frozenset({str})
+        elif self.value_type == "bool":
+            self.accepted = frozenset({bool})
+            self.index = {key == "true": i for key, i in self.index.items() if key in _BOOLS}
+        elif self.value_type == "number":
+            self.accepted = frozenset({int, float})
+        else:
+            self.accepted = frozenset({str, int})
+        self.index[None] = self.size + 1
+        self.index[ABSENT] = self.size + 2
+        self.direct = self.value_type in ("string", "bool")
+
+    def new_window(self) -> FeatureWindow:
+        return FeatureWindow(self.n_bins, vocabulary=self.size + 1)
+
+    def check(self, column: Sequence[Any], window: FeatureWindow) -> None:
+        kinds = set(map(type, column))
+        if not self.direct or not kinds <= self.accepted | _MISSING_TYPES:
+            column = self._keys(column, kinds, window)
+        slots = np.fromiter(
+            map(self.index.get, column, repeat(self.unseen_slot)), np.int64, len(column)
+        )
+        counts = np.bincount(slots, minlength=self.size + 3)
+        window.missing += int(counts[-2] + counts[-1])
+        window.absent += int(counts[-1])
+        seen = counts[: self.size + 1]
+        window.values += int(seen.sum())
+        window.unseen += int(seen[-1])
+        window.vocabulary_counts += seen
+
+    def _keys(self, column: Sequence[Any], kinds: set[type], window: FeatureWindow) -> list[Any]:
+        """Slow path: vocabulary keys for accepted values; mismatches dropped and counted."""
+        accepted = self.accepted
+        keys: list[Any] = []
+        mismatched = 0
+        for v in column:
+            t = type(v)
+            if t in accepted:
+                keys.append(v if self.direct else category_key(v))
+            elif v is None or v is ABSENT:
+                keys.append(v)
+            else:
+                mismatched += 1
+        window.type_mismatch += mismatched
+        return keys
+
+
+_BOOLS = ("true", "false")
+
+
+class TimestampChecker:
+    def __init__(self, stats: TimestampStats) -> None:
+        self.stats = stats
+        self.encoding = stats.encoding
+        self.known_offsets = set(stats.offsets)
+
+    def new_window(self) -> FeatureWindow:
+        window = FeatureWindow(24)
+        window.weekday_counts = np.zeros(7, dtype=np.int64)
+        return window
+
+    def check(self, column: Sequence[Any], window: FeatureWindow) -> None:
+        kinds = set(map(type, column))
+        if kinds & _MISSING_TYPES:
+            column = _drop_missing(column, kinds, window)
+        instants: list[Instant] = []
+        mismatched = 0
+        iso = self.encoding == "iso"
+        for v in column:
+            t = type(v)
+            instant: Instant | None = None
+            if iso and t is str:
+                instant = parse_iso(v)
+            elif not iso and (t is int or t is float):
+                instant = parse_epoch(v, self.encoding)
+            if instant is None:
+                mismatched += 1
+            else:
+                instants.append(instant)
+        window.type_mismatch += mismatched
+        if not instants:
+            return
+        window.values += len(instants)
+        window.bin_counts += np.bincount([i.hour for i in instants], minlength=24)
+        window.weekday_counts += np.bincount([i.weekday for i in instants], minlength=7)
+        for instant in instants:
+            key = instant.offset if instant.offset in self.known_offsets else "other"
+            window.offsets[key] = window.offsets.get(key, 0) + 1
+
+
+class ListChecker:
+    def __init__(self, stats: ListStats) -> None:
+        self.stats = stats
+        self.lengths = NumericChecker(stats.lengths)
+        self.shapes = set(stats.shapes)
+        self.ndims = {len(key.split("x")) for key in stats.shapes}
+        self.min_len, self.max_len = stats.lengths.min, stats.lengths.max
+        self.numbers = stats.element_type == "number"
+        self.element_min, self.element_max = stats.element_min, stats.element_max
+        # Trained on flat lists (token ids, embeddings): the batch path applies.
+        self.flat = self.ndims == {1}
+        self.flat_lengths = np.array(
+            sorted(int(key) for key in stats.shapes if key.isdigit()), dtype=np.int64
+        )
+
+    def new_window(self) -> FeatureWindow:
+        window = FeatureWindow(0)
+        window.lengths = self.lengths.new_window()
+        return window
+
+    def check(self, column: Sequence[Any], window: FeatureWindow) -> None:
+        kinds = set(map(type, column))
+        if kinds & _MISSING_TYPES:
+            column = _drop_missing(column, kinds, window)
+        lists = [v for v in column if type(v) is list]
+        window.type_mismatch += len(column) - len(lists)
+        if not lists:
+            return
+        window.values += len(lists)
+        lengths = np.fromiter(map(len, lists), np.int64, len(lists))
+        if window.lengths is not None:
+            self.lengths.add(lengths.astype(np.float64), window.lengths)
+        if self.flat and set(map(type, chain.from_iterable(lists))) <= _NUMBER_TYPES:
+            try:
+                self._check_flat(lists, lengths, window)
+                return
+            except OverflowError:
+                pass  # integers beyond float64: the per-row path saturates them
+        for value in lists:
+            self._check_one(value, window)
+
+    def _check_flat(self, lists: list[Any], lengths: IntArray, window: FeatureWindow) -> None:
+        """Flat lists of numbers, vectorised over the whole batch."""
+        if self.stats.shapes_complete:
+            window.shape_mismatch += int((~np.isin(lengths, self.flat_lengths)).sum())
+        else:
+            window.shape_mismatch += int(
+                ((lengths < self.min_len) | (lengths > self.max_len)).sum()
+            )
+        total = int(lengths.sum())
+        if not total or not self.numbers:
+            return
+        elements = np.fromiter(chain.from_iterable(lists), np.float64, total)
+        starts = (np.cumsum(lengths) - lengths)[lengths > 0]
+        finite = np.isfinite(elements)
+        if not finite.all():
+            window.nonfinite += int((np.add.reduceat(~finite, starts) > 0).sum())
+            elements[~finite] = self.element_min  # neutral for the range checks below
+        window.low += int((np.minimum.reduceat(elements, starts) < self.element_min).sum())
+        window.high += int((np.maximum.reduceat(elements, starts) > self.element_max).sum())
+
+    def _check_one(self, value: list[Any], window: FeatureWindow) -> None:
+        shape = list_shape(value)
+        if self.stats.shapes_complete:
+            if shape_key(shape) not in self.shapes:
+                window.shape_mismatch += 1
+        elif len(shape) not in self.ndims or not self.min_len <= shape[0] <= self.max_len:
+            window.shape_mismatch += 1
+        if not value or not self.numbers:
+            return
+        elements = numeric_elements(value, len(shape))
+        if elements is None:
+            window.type_mismatch += 1
+            return
+        finite = np.isfinite(elements)
+        if not finite.all():
+            window.nonfinite += 1
+            elements = elements[finite]
+        if len(elements):
+            if elements.min() < self.element_min:
+                window.low += 1
+            if elements.max() > self.element_max:
+                window.high += 1
+
+
+Checker = NumericChecker | CategoricalChecker | TimestampChecker | ListChecker
+
+
+def make_checker(feature: Feature) -> Checker:
+    stats = feature.stats
+    if isinstance(stats, NumericStats):
+        return NumericChecker(stats)
+    if isinstance(stats, CategoricalStats):
+        return CategoricalChecker(stats)
+    if isinstance(stats, TimestampStats):
+        return TimestampChecker(stats)
+    return ListChecker(stats)
+
+
+def _drop_missing(column: Sequence[Any], kinds: set[type], window: FeatureWindow) -> Sequence[Any]:
+    if not kinds & _MISSING_TYPES:
+        return column
+    absent = column.count(ABSENT)
+    nulls = column.count(None)
+    window.missing += absent + nulls
+    window.absent += absent
+    return [v for v in column if v is not None and v is not ABSENT]
+
+
+def _to_array(column: Sequence[Any]) -> FloatArray:
+    try:
+        return np.array(column, dtype=np.float64)
+    except OverflowError:
+        return np.array([_big(v) for v in column], dtype=np.float64)
+
+
+def _big(v: Any) -> float:
+    try:
+        return float(v)
+    except OverflowError:
+        return float("inf") if v > 0 else float("-inf")
+
+
+class Window:
+    """All feature windows plus row-level counts for one window."""
+
+    def __init__(self, checkers: Mapping[str, Checker]) -> None:
+        self.rows = 0
+        self.rejected_rows = 0  # items that were not JSON objects
+        self.keys = 0  # total keys over accepted rows (to count unknown features)
+        self.features = {name: c.new_window() for name, c in checkers.items()}
+
+    @property
+    def unknown_features(self) -> int:
+        """Key occurrences not in the baseline: all keys minus the known ones present."""
+        known = sum(self.rows - w.absent for w in self.features.values())
+        return self.keys - known
+
+
+class Engine:
+    """Checks batches of rows against one baseline and accumulates a window."""
+
+    def __init__(
+        self, baseline: Baseline, *, roles: Sequence[str] = ("input", "prediction")
+    ) -> None:
+        self.baseline = baseline
+        # Requests carry inputs; model outputs (role "prediction") come from responses.
+        self.checkers: dict[str, Checker] = {
+            name: make_checker(feature)
+            for name, feature in baseline.features.items()
+            if feature.role in roles
+        }
+        self.nested = any("." in name for name in baseline.features)
+        self.window = Window(self.checkers)
+        # itemgetter of 2+ names returns tuples, which zip(*) transposes into columns.
+        names = list(self.checkers)
+        self._getter = itemgetter(*names) if len(names) >= 2 else None
+        self._skip_fast = 0
+
+    def check(self, rows: Sequence[Any]) -> None:
+        """Accumulate a batch of rows (dicts) into the current window."""
+        if not all(type(row) is dict for row in rows):
+            kept = [row for row in rows if isinstance(row, dict)]
+            self.window.rejected_rows += len(rows) - len(kept)
+            rows = kept
+        if not rows:
+            return
+        if self.nested:
+            rows = [flatten(row) for row in rows]
+        window = self.window
+        window.rows += len(rows)
+        window.keys += sum(map(len, rows))
+        # Huge finite values may overflow the squared sums: inf is the honest result.
+        with np.errstate(over="ignore", invalid="ignore"):
+            for (name, checker), column in zip(
+                self.checkers.items(), self._columns(rows), strict=True
+            ):
+                checker.check(column, window.features[name])
+
+    def _columns(self, rows: Sequence[dict[str, Any]]) -> list[Sequence[Any]]:
+        """One sequence of values per checked feature (ABSENT where a key is missing)."""
+        if self._getter is not None and self._skip_fast <= 0:
+            try:
+                # C-level gather and transpose; fails on the first row lacking a key.
+                return list(zip(*map(self._getter, rows), strict=True))
+            except KeyError:
+                self._skip_fast = 16  # rows here lack keys: use the safe path for a while
+        self._skip_fast -= 1
+        n = len(rows)
+        get = dict.get
+        return [list(map(get, rows, repeat(name, n), repeat(ABSENT, n))) for name in self.checkers]
+
+    def close_window(self) -> Window:
+        """Return the finished window and start a new one."""
+        finished, self.window = self.window, Window(self.checkers)
+        return finished

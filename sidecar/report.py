@@ -1,0 +1,301 @@
+"""Turn an accumulated window into per-feature skew measures and a drift verdict."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import measures
+from .baseline import Baseline, Feature
+from .categorical import OTHER, CategoricalStats
+from .engine import FeatureWindow, Window
+from .numeric import NumericStats
+from .sequences import ListStats
+from .timestamps import TimestampStats
+
+__all__ = ["DriftRule", "FeatureReport", "WindowReport", "build_report"]
+
+
+@dataclass(frozen=True)
+class DriftRule:
+    """When a feature counts as drifted.
+
+    Both conditions must hold: the two-sample G-test on the bin counts rejects
+    "same distribution" at `alpha` (this accounts for both sample sizes, so a
+    small baseline or a small window does not page anyone on sampling noise),
+    and the PSI reaches `psi_floor` (an effect-size floor, so a huge window
+    does not page anyone on a statistically real but negligible shift).
+    Windows (and features) with fewer than `min_rows` values get no verdict.
+    """
+
+    min_rows: int = 100
+    alpha: float = 1e-3
+    psi_floor: float = 0.1
+
+    def __post_init__(self) -> None:
+        if type(self.min_rows) is not int or self.min_rows < 1:
+            raise ValueError(f"min_rows must be a positive integer, got {self.min_rows!r}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be between 0 and 1, got {self.alpha!r}")
+        if not self.psi_floor >= 0:
+            raise ValueError(f"psi_floor must be >= 0, got {self.psi_floor!r}")
+
+
+@dataclass(frozen=True)
+class FeatureReport:
+    name: str
+    kind: str
+    role: str
+    values: int
+    missing: int
+    nonfinite: int
+    out_of_range_low: int
+    out_of_range_high: int
+    type_mismatch: int
+    unseen_category: int | None
+    shape_mismatch: int
+    psi: float | None = None
+    js_distance: float | None = None
+    linf: float | None = None
+    wasserstein: float | None = None
+    ks: float | None = None
+    mean_shift: float | None = None
+    scale_ratio: float | None = None
+    drifted: bool | None = None
+    p_value: float | None = None
+    bin_labels: tuple[str, ...] = ()
+    bin_counts: tuple[int, ...] = ()
+    baseline_fractions: tuple[float, ...] = ()
+
+    JSON_FIELDS = (
+        "values",
+        "missing",
+        "nonfinite",
+        "out_of_range_low",
+        "out_of_range_high",
+        "type_mismatch",
+        "unseen_category",
+        "shape_mismatch",
+        "psi",
+        "js_distance",
+        "linf",
+        "wasserstein",
+        "ks",
+        "mean_shift",
+        "scale_ratio",
+        "drifted",
+        "p_value",
+    )
+
+    @property
+    def violations(self) -> int:
+        return (
+            self.nonfinite
+            + self.out_of_range_low
+            + self.out_of_range_high
+            + self.type_mismatch
+            + (self.unseen_category or 0)
+            + self.shape_mismatch
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"kind": self.kind, "role": self.role}
+        for key in self.JSON_FIELDS:
+            data[key] = getattr(self, key)
+        return data
+
+    def severity(self) -> tuple[int, float, float]:
+        """Drifted first, then by the share of problem values, then by PSI."""
+        seen = self.values + self.missing + self.type_mismatch
+        problems = (self.violations + self.missing) / seen if seen else 0.0
+        return (1 if self.drifted else 0, round(problems, 3), self.psi or 0.0)
+
+
+@dataclass(frozen=True)
+class WindowReport:
+    rows: int
+    rejected_rows: int
+    unknown_features: int
+    baseline_hash: str
+    min_rows: int
+    features: dict[str, FeatureReport] = field(default_factory=dict)
+
+    @property
+    def sufficient(self) -> bool:
+        return self.rows >= self.min_rows
+
+    def by_severity(self) -> list[FeatureReport]:
+        return sorted(self.features.values(), key=lambda r: r.severity(), reverse=True)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "rejected_rows": self.rejected_rows,
+            "unknown_features": self.unknown_features,
+            "baseline_hash": self.baseline_hash,
+            "features": {r.name: r.to_json() for r in self.by_severity()},
+        }
+
+
+def build_report(window: Window, baseline: Baseline, rule: DriftRule | None = None) -> WindowReport:
+    rule = rule or DriftRule()
+    features = {
+        name: _feature_report(feature, window.features[name], window.rows, rule)
+        for name, feature in baseline.features.items()
+        if name in window.features
+    }
+    return WindowReport(
+        rows=window.rows,
+        rejected_rows=window.rejected_rows,
+        unknown_features=window.unknown_features,
+        baseline_hash=baseline.baseline_hash,
+        min_rows=rule.min_rows,
+        features=features,
+    )
+
+
+def _feature_report(
+    feature: Feature, w: FeatureWindow, rows: int, rule: DriftRule
+) -> FeatureReport:
+    stats = feature.stats
+    counts = dict(
+        name=feature.name,
+        kind=feature.kind,
+        role=feature.role,
+        values=w.values,
+        missing=w.missing,
+        nonfinite=w.nonfinite,
+        out_of_range_low=w.low,
+        out_of_range_high=w.high,
+        type_mismatch=w.type_mismatch,
+        unseen_category=None,
+        shape_mismatch=w.shape_mismatch,
+    )
+    if isinstance(stats, NumericStats):
+        measured = _numeric_measures(stats, w)
+    elif isinstance(stats, CategoricalStats):
+        counts["unseen_category"] = w.unseen if stats.vocabulary_complete else None
+        measured = _categorical_measures(stats, w)
+    elif isinstance(stats, TimestampStats):
+        measured = _timestamp_measures(stats, w)
+    else:
+        measured = _list_measures(stats, w)
+    measured.update(_verdict(measured, rows, rule))
+    return FeatureReport(**counts, **measured)  # type: ignore[arg-type]
+
+
+def _distribution(
+    labels: list[str], reference_counts: np.ndarray[Any, Any], current: np.ndarray[Any, Any]
+) -> dict[str, Any]:
+    """PSI/JS on fixed bins, plus what the verdict and metrics need."""
+    out: dict[str, Any] = {
+        "bin_labels": tuple(labels),
+        "bin_counts": tuple(int(c) for c in current),
+        "baseline_fractions": tuple(float(r) for r in reference_counts / reference_counts.sum()),
+        "_reference": reference_counts,
+    }
+    if current.sum() > 0 and reference_counts.sum() > 0:
+        out["psi"] = measures.psi(reference_counts, current)
+        out["js_distance"] = measures.js_distance(reference_counts, current)
+    return out
+
+
+def _numeric_measures(stats: NumericStats, w: FeatureWindow) -> dict[str, Any]:
+    if stats.bins is None:
+        return {}
+    fractions = np.array(stats.bins.fractions)
+    if stats.discrete:
+        current = w.bin_counts
+    else:
+        current = np.bincount(stats.bucket_bins(), weights=w.grid_counts, minlength=len(fractions))
+    out = _distribution(_numeric_labels(stats), fractions * stats.count, current.astype(np.int64))
+    n = w.finite
+    std = stats.std
+    if n and std > 0:
+        grid = np.array(stats.grid)
+        cdf = np.array(stats.grid_cdf)
+        out["ks"] = measures.ks_estimate(grid, cdf, w.grid_counts, below_count=w.low)
+        out["wasserstein"] = (
+            measures.wasserstein_estimate(
+                grid, cdf, w.grid_counts, w.below_sum, w.above_sum, discrete=stats.discrete
+            )
+            / std
+        )
+        mean_dev = w.sum_dev / n
+        variance = max(0.0, w.sumsq_dev / n - mean_dev * mean_dev)
+        out["mean_shift"] = mean_dev / std
+        out["scale_ratio"] = math.sqrt(variance) / std
+    elif n:
+        out["ks"] = measures.ks_estimate(
+            np.array(stats.grid), np.array(stats.grid_cdf), w.grid_counts, below_count=w.low
+        )
+    return out
+
+
+def _numeric_labels(stats: NumericStats) -> list[str]:
+    bins = stats.bins
+    if bins is None:
+        return []
+    if bins.values is not None:
+        return [_fmt(v) for v in bins.values] + ["other"]
+    edges = [_fmt(e) for e in bins.edges or []]
+    bounds = ["-inf", *edges, "+inf"]
+    return [
+        f"({a}, {b}]" if b != "+inf" else f"({a}, {b})"
+        for a, b in zip(bounds, bounds[1:], strict=False)
+    ]
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _categorical_measures(stats: CategoricalStats, w: FeatureWindow) -> dict[str, Any]:
+    if not stats.count:
+        return {}
+    vocabulary = list(stats.vocabulary)
+    top = {key: i for i, key in enumerate(stats.top)}
+    other = len(stats.top)
+    to_bin = np.array([top.get(key, other) for key in vocabulary] + [other], dtype=np.int64)
+    current = np.bincount(to_bin, weights=w.vocabulary_counts, minlength=other + 1)
+    reference = np.array(stats.fractions) * stats.count
+    out = _distribution([*stats.top, OTHER], reference, current.astype(np.int64))
+    if w.values:
+        # L-inf over the full vocabulary; pruned training mass faces unseen values.
+        ref_full = np.array([*stats.vocabulary.values(), stats.other_count], dtype=np.float64)
+        out["linf"] = measures.linf(ref_full, w.vocabulary_counts)
+    return out
+
+
+def _timestamp_measures(stats: TimestampStats, w: FeatureWindow) -> dict[str, Any]:
+    if not stats.count:
+        return {}
+    labels = [f"{h:02d}h" for h in range(24)]
+    out = _distribution(labels, np.array(stats.hour_counts, dtype=np.float64), w.bin_counts)
+    if w.values:
+        out["linf"] = measures.linf(np.array(stats.hour_counts), w.bin_counts)
+    return out
+
+
+def _list_measures(stats: ListStats, w: FeatureWindow) -> dict[str, Any]:
+    if w.lengths is None:
+        return {}
+    out = _numeric_measures(stats.lengths, w.lengths)
+    out["bin_labels"] = tuple(f"len {label}" for label in out.get("bin_labels", ()))
+    return out
+
+
+def _verdict(measured: dict[str, Any], rows: int, rule: DriftRule) -> dict[str, Any]:
+    reference = measured.pop("_reference", None)
+    psi = measured.get("psi")
+    current = np.array(measured.get("bin_counts", ()), dtype=np.float64)
+    if reference is None or psi is None or rows < rule.min_rows or current.sum() < rule.min_rows:
+        return {"drifted": None}
+    test = measures.g_test(reference, current)
+    return {
+        "drifted": bool(test.p_value < rule.alpha and psi >= rule.psi_floor),
+        "p_value": test.p_value,
+    }
