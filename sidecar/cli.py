@@ -88,9 +88,7 @@ def _profile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="numerics with at most this many distinct values get a bin per value",
     )
     p.add_argument("--sketch-k", type=int, default=defaults.sketch_k, help="KLL sketch size")
-    p.add_argument(
-        "--chunk-rows", type=int, default=10_000, help="rows per chunk (memory bound)"
-    )
+    p.add_argument("--chunk-rows", type=int, default=10_000, help="rows per chunk (memory bound)")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary or progress")
 
 
