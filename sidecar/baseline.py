@@ -176,8 +176,12 @@ class Baseline:
         data = orjson.dumps(self.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
         target = Path(path)
         tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Baseline:
@@ -226,6 +230,8 @@ class Baseline:
         sources = []
         for i, s in enumerate(data.get("sources") or []):
             sw = f"{where}.sources[{i}]"
+            if not isinstance(s, Mapping):
+                raise BaselineError(f"{sw}: expected an object")
             sources.append(
                 Source(f.string(s, "path", sw), f.string(s, "format", sw), f.count(s, "rows", sw))
             )
@@ -280,6 +286,8 @@ def _merge_feature(into: Feature, other: Feature) -> None:
             other = Feature(into.name, into.kind, _empty_like(into, other), other.role)
         elif not into.count:
             into.kind, into.stats = other.kind, _absorb_missing(other, into.stats.missing)
+            for key, n in other.types.items():
+                into.types[key] = into.types.get(key, 0) + n
             return
         else:
             raise BaselineError(
@@ -333,10 +341,15 @@ def content_hash(statistics: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical).hexdigest()[:16]
 
 
-def _without_sketches(data: Any) -> Any:
-    if not isinstance(data, Mapping):
-        return data
-    return {k: _without_sketches(v) for k, v in data.items() if k != "sketch"}
+def _without_sketches(feature: Any) -> Any:
+    """A feature's JSON without its sketch blobs (numeric, and a list's lengths)."""
+    if not isinstance(feature, Mapping):
+        return feature
+    out = {k: v for k, v in feature.items() if k != "sketch"}
+    length = out.get("length")
+    if isinstance(length, Mapping):
+        out["length"] = {k: v for k, v in length.items() if k != "sketch"}
+    return out
 
 
 def now_iso() -> str:

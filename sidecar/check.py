@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, cast
@@ -51,28 +52,27 @@ def check_file(
     engine = Engine(baseline, roles=roles)
     pending: list[Any] = []
     windows = 0
-    with _open(path) as stream:
-        for number, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            try:
-                body = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                problems.invalid_json += 1
-                problems.note(number, f"invalid JSON: {exc}")
-                continue
-            rows = rows_from_body(body)
+    for number, line in enumerate(_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            body = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            problems.invalid_json += 1
+            problems.note(number, f"invalid JSON: {exc}")
+            continue
+        rows = rows_from_body(body)
+        if rows is None or not all(type(row) is dict for row in rows):
+            problems.not_rows += 1
+            shown = orjson.dumps(body)[:60].decode("utf-8", "replace")
+            problems.note(number, f"expected a JSON object or a list of objects, got {shown}")
             if rows is None:
-                problems.not_rows += 1
-                problems.note(
-                    number, f"expected a JSON object or a list of objects, got {body!r:.60}"
-                )
                 continue
-            pending.extend(rows)
-            if len(pending) >= BATCH_ROWS:
-                for report in _drain(engine, pending, window_rows, rule):
-                    windows += 1
-                    yield report
+        pending.extend(rows)  # the engine counts items that are not objects as rejected
+        if len(pending) >= BATCH_ROWS:
+            for report in _drain(engine, pending, window_rows, rule):
+                windows += 1
+                yield report
     for report in _drain(engine, pending, window_rows, rule):
         windows += 1
         yield report
@@ -94,7 +94,18 @@ def _drain(
             yield build_report(engine.close_window(), engine.baseline, rule)
 
 
-def _open(path: str | os.PathLike[str]) -> IO[bytes]:
-    if os.fspath(path).endswith(".gz"):
-        return cast(IO[bytes], gzip.open(path, "rb"))
-    return open(path, "rb")
+def _lines(path: str | os.PathLike[str]) -> Iterator[bytes]:
+    """Lines of a plain or gzipped file (told apart by content, like the training
+    readers); read and decompression errors name the file."""
+    try:
+        with open(path, "rb") as raw:
+            gzipped = raw.peek(2)[:2] == b"\x1f\x8b"
+            stream: IO[bytes] = cast(IO[bytes], gzip.GzipFile(fileobj=raw)) if gzipped else raw
+            yield from stream
+    except (OSError, EOFError, zlib.error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CheckInputError(f"{os.fspath(path)}: {reason}") from None
+
+
+class CheckInputError(ValueError):
+    """The requests file cannot be read; the message names it."""

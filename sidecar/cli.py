@@ -194,8 +194,18 @@ def _profile(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(format_baseline(baseline))
         _warn_empty(baseline)
+        _warn_unknown_names(baseline, options)
         print(f"wrote {args.output}")
     return 0
+
+
+def _warn_unknown_names(baseline: Baseline, options: ProfileOptions) -> None:
+    named = options.categorical | options.numeric | options.timestamp | options.prediction
+    for name in sorted(named - baseline.features.keys()):
+        print(
+            f"warning: column {name!r} named in an option is not in the training data",
+            file=sys.stderr,
+        )
 
 
 def _warn_empty(baseline: Baseline) -> None:
@@ -209,8 +219,12 @@ def _warn_empty(baseline: Baseline) -> None:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    baselines = [Baseline.load(path) for path in args.baselines]
-    merged = baselines[0].merge(*baselines[1:])
+    merged = Baseline.load(args.baselines[0])
+    for path in args.baselines[1:]:
+        try:
+            merged = merged.merge(Baseline.load(path))
+        except BaselineError as exc:
+            raise UsageError(f"cannot merge {path} into {args.baselines[0]}: {exc}") from None
     merged.save(args.output)
     if not args.quiet:
         print(format_baseline(merged))
@@ -259,6 +273,8 @@ def _check(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from . import demo
 
+    if args.rows < 1:
+        raise UsageError(f"--rows must be at least 1, got {args.rows}")
     folder = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="skew-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     train, serving, baseline_path = (

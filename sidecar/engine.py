@@ -384,6 +384,8 @@ class Engine:
         }
         self.nested = any("." in name for name in baseline.features)
         self.window = Window(self.checkers)
+        # Baseline features left out by role are known keys, not unknown ones.
+        self.skipped = [name for name in baseline.features if name not in self.checkers]
         # itemgetter of 2+ names returns tuples, which zip(*) transposes into columns.
         names = list(self.checkers)
         self._getter = itemgetter(*names) if len(names) >= 2 else None
@@ -402,6 +404,8 @@ class Engine:
         window = self.window
         window.rows += len(rows)
         window.keys += sum(map(len, rows))
+        for name in self.skipped:
+            window.keys -= sum(map(dict.__contains__, rows, repeat(name, len(rows))))
         # Huge finite values may overflow the squared sums: inf is the honest result.
         with np.errstate(over="ignore", invalid="ignore"):
             for (name, checker), column in zip(

@@ -109,8 +109,11 @@ class NumericStats:
     def sketch(self) -> Any:
         if self._sketch is None:
             if self.sketch_b64:
-                raw = base64.b64decode(self.sketch_b64)
-                self._sketch = kll_doubles_sketch.deserialize(raw)
+                try:
+                    raw = base64.b64decode(self.sketch_b64, validate=True)
+                    self._sketch = kll_doubles_sketch.deserialize(raw)
+                except Exception as exc:  # binascii.Error, or whatever the C++ side raises
+                    raise BaselineError(f"damaged KLL sketch ({exc}); re-profile") from None
             else:
                 self._sketch = kll_doubles_sketch(self.sketch_k)
         return self._sketch
@@ -230,6 +233,7 @@ class NumericStats:
             "max": None if empty else self.max,
             "mean": None if empty else self.mean,
             "std": None if empty else self.std,
+            "m2": self.m2,  # exact, so a loaded baseline re-serialises to the same hash
             "integer": self.integer,
             "bins": None if self.bins is None else self.bins.to_json(),
             "quantiles": {"grid": self.grid, "cdf": self.grid_cdf},
@@ -258,7 +262,8 @@ class NumericStats:
             stats.min = f.number(data, "min", where)
             stats.max = f.number(data, "max", where)
             stats.mean = f.number(data, "mean", where)
-            stats.m2 = f.number(data, "std", where) ** 2 * stats.count
+            f.number(data, "std", where)
+            stats.m2 = f.number(data, "m2", where)
             if stats.min > stats.max:
                 raise BaselineError(f"{where}: min {stats.min} is above max {stats.max}")
             stats.bins = NumericBins.from_json(f.obj(data, "bins", where), f"{where}.bins")
@@ -272,6 +277,10 @@ class NumericStats:
                 raise BaselineError(f"{where}.quantiles.grid: lacks bin edges {sorted(missing)}")
             if not stats.sketch_b64:
                 raise BaselineError(f"{where}.sketch.kll_doubles: empty sketch")
+            try:
+                stats.sketch()  # decode now: a damaged file fails at load, not at merge
+            except BaselineError as exc:
+                raise BaselineError(f"{where}.sketch.kll_doubles: {exc}") from None
         pairs = data.get("value_counts")
         if pairs is None:
             stats.value_counts = None
@@ -292,7 +301,9 @@ class ExactQuantiles:
 
     def get_quantiles(self, ranks: list[float]) -> list[float]:
         # Like KLL: the smallest item whose normalised rank reaches each fraction.
-        return np.quantile(self.values, ranks, method="inverted_cdf").tolist()  # type: ignore[no-any-return]
+        # The nudge keeps i/bins * n = 28.000000000000004 from skipping to the 29th.
+        nudged = np.clip(np.asarray(ranks, dtype=np.float64) - 1e-12, 0.0, 1.0)
+        return np.quantile(self.values, nudged, method="inverted_cdf").tolist()  # type: ignore[no-any-return]
 
     def get_cdf(self, points: list[float]) -> list[float]:
         below = np.searchsorted(self.values, points, side="right") / len(self.values)

@@ -66,11 +66,14 @@ class ColumnProfiler:
         self.missing = 0
         self.types: Counter[str] = Counter()
         self.numeric: NumericStats | None = None
-        self.categorical: CategoricalStats | None = None
+        self.strings: CategoricalStats | None = None
+        self.booleans: CategoricalStats | None = None
         self.lists: ListStats | None = None
         self.timestamps: TimestampStats | None = None
         self._strings_are_timestamps: bool | None = None
-        self._text_is_strings = False
+        self._number_lists = 0
+        self._string_lists = 0
+        self._text = TextCells(always_parse=self.override == "numeric")
 
     # -- routing ----------------------------------------------------------------
 
@@ -93,28 +96,34 @@ class ColumnProfiler:
             self._add_mixed(values)
 
     def _add_text(self, values: list[str]) -> None:
-        if self.override in ("categorical", "timestamp"):
-            self._add_strings(values, text=True)
+        """CSV cells: untyped text, read as numbers, booleans, timestamps or categories."""
+        self._count("text", len(values))
+        if self.override == "timestamp":
+            self._add_timestamp_cells(values)
             return
-        if self._text_is_strings:
-            # Known to be a text column: no per-value number parsing (exceptions are slow).
-            if set(values) <= _BOOL_SPELLINGS:
-                self._add_mixed([_BOOL_CELLS[v.lower()] for v in values], text=True)
-            else:
-                self._add_strings(values, text=True)
+        if self._strings_are_timestamps is None:
+            self._strings_are_timestamps = self.override is None and looks_like_iso(values)
+        if self.override == "categorical" or self._strings_are_timestamps:
+            self._add_strings(values, text=True, counted=True)
             return
-        try:
-            numbers = np.fromiter(map(float, values), np.float64, len(values))
-        except ValueError:
-            parsed = [_parse_cell(v) for v in values]
-            share_numbers = sum(type(v) is float for v in parsed) / len(parsed)
-            self._text_is_strings = share_numbers < 0.5
-            self._add_mixed(parsed, text=True)
-            return
-        self._count("number", len(numbers))
-        self._numeric().update(numbers)
+        numbers = self._text.add(values, self.settings.vocabulary_cap)
+        if len(numbers):
+            self._numeric().update(numbers)
 
-    def _add_mixed(self, values: list[Any], text: bool = False) -> None:
+    def _add_timestamp_cells(self, values: list[str]) -> None:
+        """Cells of a --timestamp CSV column: epoch numbers or ISO strings, cell by cell."""
+        parsed = [_parse_float(v) for v in values]
+        numbers = [p for p in parsed if p is not None]
+        strings = [v for v, p in zip(values, parsed, strict=True) if p is None]
+        if numbers:
+            self._add_numbers(numbers, counted=True)
+        if strings:
+            if self.timestamps is not None and self.timestamps.encoding != "iso":
+                self.timestamps.type_mismatch += len(strings)
+            else:
+                self._add_strings(strings, text=True, counted=True)
+
+    def _add_mixed(self, values: list[Any]) -> None:
         numbers: list[Any] = []
         strings: list[str] = []
         bools: list[bool] = []
@@ -134,17 +143,20 @@ class ColumnProfiler:
         if numbers:
             self._add_numbers(numbers)
         if strings:
-            self._add_strings(strings, text=text)
+            self._add_strings(strings)
         if bools:
             self._count("bool", len(bools))
-            self._categorical("bool").update(map(category_key, bools))
+            if self.booleans is None:
+                self.booleans = self._new_categorical("bool")
+            self.booleans.update(map(category_key, bools))
         if lists:
             self._add_lists(lists)
 
-    def _add_numbers(self, values: list[Any]) -> None:
-        self._count("number", len(values))
+    def _add_numbers(self, values: list[Any], counted: bool = False) -> None:
+        if not counted:
+            self._count("number", len(values))
         if self.override == "categorical":
-            self._categorical("number").update(map(category_key, values))
+            self._strings_of("number").update(map(category_key, values))
             return
         if self.override == "timestamp":
             stats = self._timestamps("epoch_ms" if abs(values[0]) > 1e11 else "epoch_s")
@@ -152,8 +164,9 @@ class ColumnProfiler:
             return
         self._numeric().update(_floats(values))
 
-    def _add_strings(self, values: list[str], text: bool = False) -> None:
-        self._count("string", len(values))
+    def _add_strings(self, values: list[str], text: bool = False, counted: bool = False) -> None:
+        if not counted:
+            self._count("string", len(values))
         if self._strings_are_timestamps is None:
             self._strings_are_timestamps = self.override == "timestamp" or (
                 self.override is None and looks_like_iso(values)
@@ -161,7 +174,7 @@ class ColumnProfiler:
         if self._strings_are_timestamps:
             self._add_instants(self._timestamps("iso"), map(parse_iso, values))
         else:
-            self._categorical("text" if text else "string").update(values)
+            self._strings_of("text" if text else "string").update(values)
 
     def _add_lists(self, values: list[list[Any]]) -> None:
         self._count("list", len(values))
@@ -176,12 +189,10 @@ class ColumnProfiler:
                 continue
             elements = numeric_elements(value, len(shape))
             if elements is not None:
-                if stats.element_type == "empty":
-                    stats.element_type = "number"
+                self._number_lists += 1
                 stats.add_elements(elements)
             elif all(type(v) is str for v in value):
-                if stats.element_type == "empty":
-                    stats.element_type = "string"
+                self._string_lists += 1
             else:
                 stats.type_mismatch += 1
 
@@ -205,13 +216,16 @@ class ColumnProfiler:
             self.numeric = NumericStats(sketch_k=s.sketch_k, discrete_max=s.discrete_max)
         return self.numeric
 
-    def _categorical(self, value_type: str) -> CategoricalStats:
-        if self.categorical is None:
-            s = self.settings
-            self.categorical = CategoricalStats(
-                vocabulary_cap=s.vocabulary_cap, top_k=s.top_k, value_type=value_type
-            )
-        return self.categorical
+    def _new_categorical(self, value_type: str) -> CategoricalStats:
+        s = self.settings
+        return CategoricalStats(
+            vocabulary_cap=s.vocabulary_cap, top_k=s.top_k, value_type=value_type
+        )
+
+    def _strings_of(self, value_type: str) -> CategoricalStats:
+        if self.strings is None:
+            self.strings = self._new_categorical(value_type)
+        return self.strings
 
     def _lists(self) -> ListStats:
         if self.lists is None:
@@ -230,9 +244,17 @@ class ColumnProfiler:
 
     def finish(self) -> Feature:
         present = sum(self.types.values())
+        if self._text.cells:
+            self._finish_text()
+        categorical = _larger(self.strings, self.booleans)
+        if self.lists is not None:
+            numbers_win = self._number_lists >= self._string_lists
+            self.lists.element_type = _element_type(self._number_lists, self._string_lists)
+            # Lists whose elements are of the other type are mismatches.
+            self.lists.type_mismatch += self._string_lists if numbers_win else self._number_lists
         by_kind: dict[str, Stats | None] = {
             "numeric": self.numeric,
-            "categorical": self.categorical,
+            "categorical": categorical,
             "timestamp": self.timestamps,
             "list": self.lists,
         }
@@ -247,6 +269,96 @@ class ColumnProfiler:
         derive(feature, self.settings)
         return feature
 
+    def _finish_text(self) -> None:
+        """A CSV column of mostly numbers is numeric; otherwise every cell is a category."""
+        text = self._text
+        if self.override == "numeric" or (text.numbers * 2 > text.cells and not text.strings_mode):
+            self.strings = None
+            return
+        vocabulary = text.vocabulary
+        if vocabulary is None:
+            return  # dropped while the column looked numeric: it stays numeric
+        self.numeric = None
+        if set(vocabulary) <= _BOOL_SPELLINGS:
+            booleans = self._new_categorical("bool")
+            for key, n in vocabulary.items():
+                booleans.vocabulary[key.lower()] += n
+            booleans.count = vocabulary.total()
+            self.strings, self.booleans = None, booleans
+        else:
+            strings = self._new_categorical("text")
+            strings.vocabulary = vocabulary
+            strings.count = vocabulary.total() + text.pruned
+            strings.other_count = text.pruned
+            strings.vocabulary_complete = not text.pruned
+            self.strings = strings
+
+
+class TextCells:
+    """CSV cells of one column: numbers parsed, every cell also kept as a category.
+
+    The categories (bounded like any vocabulary) make a text column's statistics
+    the same whatever the chunking; number parsing stops once a column is clearly
+    text, because failed float() calls are slow.
+    """
+
+    # Cells seen before a mostly-text column stops parsing numbers.
+    DECIDE_AFTER = 1000
+
+    def __init__(self, always_parse: bool = False) -> None:
+        self.always_parse = always_parse
+        self.cells = 0
+        self.numbers = 0
+        self.strings_mode = False
+        self.vocabulary: Counter[str] | None = Counter()
+        self.pruned = 0
+
+    def add(self, values: list[str], cap: int) -> np.ndarray[Any, np.dtype[np.float64]]:
+        self.cells += len(values)
+        numbers = np.empty(0, dtype=np.float64)
+        if not self.strings_mode:
+            try:
+                numbers = np.fromiter(map(float, values), np.float64, len(values))
+            except ValueError:
+                parsed = [_parse_float(v) for v in values]
+                numbers = np.array([p for p in parsed if p is not None], dtype=np.float64)
+            self.numbers += len(numbers)
+            # Clearly text: stop parsing (the column can no longer turn numeric).
+            self.strings_mode = (
+                not self.always_parse
+                and self.cells >= self.DECIDE_AFTER
+                and self.numbers * 2 < self.cells
+            )
+        if self.vocabulary is not None:
+            self.vocabulary.update(values)
+            if len(self.vocabulary) > 2 * cap:
+                if not self.strings_mode and self.numbers * 2 > self.cells:
+                    self.vocabulary = None  # a numeric column: categories not needed
+                else:
+                    kept = self.vocabulary.most_common(cap)
+                    self.pruned += self.vocabulary.total() - sum(c for _, c in kept)
+                    self.vocabulary = Counter(dict(kept))
+        return numbers
+
+
+def _parse_float(cell: str) -> float | None:
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+def _larger(a: CategoricalStats | None, b: CategoricalStats | None) -> CategoricalStats | None:
+    if a is None or b is None:
+        return a or b
+    return a if a.count >= b.count else b
+
+
+def _element_type(numbers: int, strings: int) -> str:
+    if not numbers and not strings:
+        return "empty"
+    return "number" if numbers >= strings else "string"
+
 
 def _kind_weight(stats: Stats | None) -> int:
     """How many values were routed to these statistics."""
@@ -254,7 +366,9 @@ def _kind_weight(stats: Stats | None) -> int:
         return -1
     if isinstance(stats, TimestampStats):
         return stats.count + stats.type_mismatch
-    return _accepted(stats) + (stats.type_mismatch if isinstance(stats, ListStats) else 0)
+    if isinstance(stats, ListStats):
+        return stats.count
+    return _accepted(stats)
 
 
 def _accepted(stats: Stats) -> int:
@@ -291,16 +405,7 @@ def _to_float(v: Any) -> float:
         return math.inf if v > 0 else -math.inf
 
 
-_BOOL_CELLS = {"true": True, "false": False}
 _BOOL_SPELLINGS = {"true", "false", "True", "False", "TRUE", "FALSE"}
-
-
-def _parse_cell(cell: str) -> Any:
-    """A CSV cell as a number, a boolean or the string itself."""
-    try:
-        return float(cell)
-    except ValueError:
-        return _BOOL_CELLS.get(cell.lower(), cell)
 
 
 class Profiler:

@@ -60,10 +60,10 @@ def parse_iso(value: str) -> Instant | None:
 
 
 def parse_epoch(value: float, encoding: str) -> Instant | None:
-    seconds = value / 1000.0 if encoding == "epoch_ms" else float(value)
-    if not math.isfinite(seconds):
-        return None
     try:
+        seconds = value / 1000.0 if encoding == "epoch_ms" else float(value)
+        if not math.isfinite(seconds):
+            return None
         dt = _EPOCH + timedelta(seconds=seconds)
     except OverflowError:
         return None
