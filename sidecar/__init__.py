@@ -1,3 +1,25 @@
 """skew-sidecar: catch training/serving skew in production."""
 
 __version__ = "0.1.0"
+
+from .baseline import Baseline, BaselineError, ProfileSettings
+from .engine import Engine
+from .metrics import metrics_app
+from .middleware import SkewMiddleware
+from .profile import ProfileOptions
+from .report import DriftRule, FeatureReport, WindowReport, build_report
+
+__all__ = [
+    "Baseline",
+    "BaselineError",
+    "DriftRule",
+    "Engine",
+    "FeatureReport",
+    "ProfileOptions",
+    "ProfileSettings",
+    "SkewMiddleware",
+    "WindowReport",
+    "__version__",
+    "build_report",
+    "metrics_app",
+]

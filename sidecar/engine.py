@@ -67,6 +67,18 @@ class FeatureWindow:
         self.offsets: dict[str, int] = {}
         self.lengths: FeatureWindow | None = None
 
+    def add(self, other: FeatureWindow) -> None:
+        """Add another window's counts (same feature) into this one."""
+        for name, value in vars(other).items():
+            if name == "lengths":
+                if self.lengths is not None and value is not None:
+                    self.lengths.add(value)
+            elif name == "offsets":
+                for key, n in value.items():
+                    self.offsets[key] = self.offsets.get(key, 0) + n
+            else:
+                setattr(self, name, getattr(self, name) + value)
+
 
 class NumericChecker:
     def __init__(self, stats: NumericStats) -> None:
@@ -367,6 +379,14 @@ class Window:
         """Key occurrences not in the baseline: all keys minus the known ones present."""
         known = sum(self.rows - w.absent for w in self.features.values())
         return self.keys - known
+
+    def add(self, other: Window) -> None:
+        """Add another window of the same engine into this one (running totals)."""
+        self.rows += other.rows
+        self.rejected_rows += other.rejected_rows
+        self.keys += other.keys
+        for name, window in self.features.items():
+            window.add(other.features[name])
 
 
 class Engine:

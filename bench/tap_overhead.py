@@ -1,0 +1,185 @@
+"""Serving-path cost of the tap, in instructions per request (callgrind) and CPU time.
+
+Drives a Starlette app in-process (no sockets) for N requests per variant:
+
+  bare        the app alone
+  unwatched   SkewMiddleware, GET requests (not watched: pass-through cost)
+  skipped     SkewMiddleware, sample_rate=0 (sampling decided, body untouched)
+  sampled     SkewMiddleware, every request sampled; the worker thread is held
+              back so only serving-path work is counted (tee + enqueue)
+  checked     as sampled, then the worker checks everything (total CPU incl. the
+              off-loop check, for scale)
+
+With --callgrind, each variant runs under `valgrind --tool=callgrind` at N and 3N
+requests, and the table shows (Ir(3N) - Ir(N)) / 2N: instructions per request,
+free of start-up cost and machine noise. Without it, CPU µs per request (median of
+interleaved rounds).
+
+    python bench/tap_overhead.py                 # CPU time, quick
+    python bench/tap_overhead.py --callgrind     # instruction counts (slow)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+VARIANTS = ("bare", "unwatched", "skipped", "sampled", "checked")
+FEATURES = 32
+
+
+def build(variant: str) -> tuple[Any, Any]:
+    import orjson
+    from prometheus_client import CollectorRegistry
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from sidecar import Baseline
+    from sidecar.middleware import SkewMiddleware
+
+    async def predict(request: Request) -> Response:
+        await request.body()
+        return Response(b'{"predictions":[0.5]}', media_type="application/json")
+
+    app: Any = Starlette(routes=[Route("/predict", predict, methods=["GET", "POST"])])
+    if variant == "bare":
+        return app, None
+    rows = [{f"f{j}": float((i * 7 + j) % 97) for j in range(FEATURES)} for i in range(500)]
+    baseline = Baseline.from_records(rows)
+    options: dict[str, Any] = {
+        "registry": CollectorRegistry(),
+        "queue_size": 1_000_000,
+        "max_samples_per_second": 1e9,
+    }
+    if variant == "skipped":
+        options["sample_rate"] = 0.0
+    mw = SkewMiddleware(app, baseline=baseline, **options)
+    if variant in ("sampled", "checked"):
+        mw.monitor._thread = threading.Thread()  # "started", but never run: loop cost only
+    _ = orjson
+    return mw, mw.monitor
+
+
+def body() -> bytes:
+    import orjson
+
+    return orjson.dumps({f"f{j}": float(j) + 0.5 for j in range(FEATURES)})
+
+
+async def drive(app: Any, n: int, method: str) -> None:
+    payload = body()
+    scope_base = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
+        "root_path": "", "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+
+    async def send(message: Any) -> None:
+        pass
+
+    for _ in range(n):
+        sent = False
+
+        async def receive() -> Any:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": payload, "more_body": False}
+            return {"type": "http.disconnect"}
+
+        await app(dict(scope_base), receive, send)
+
+
+def run_variant(variant: str, n: int) -> None:
+    app, monitor = build(variant)
+    asyncio.run(drive(app, n, "GET" if variant == "unwatched" else "POST"))
+    if variant == "checked" and monitor is not None:
+        monitor.process_pending()
+
+
+def cpu_per_request(variant: str, n: int) -> float:
+    app, monitor = build(variant)
+    method = "GET" if variant == "unwatched" else "POST"
+    asyncio.run(drive(app, 200, method))  # warm up
+    if monitor is not None:
+        monitor._queue.clear()
+    start = time.process_time()
+    asyncio.run(drive(app, n, method))
+    if variant == "checked" and monitor is not None:
+        monitor.process_pending()
+    return (time.process_time() - start) / n * 1e6
+
+
+def callgrind_instructions(variant: str, n: int) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "cg.out")
+        cmd = [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            __file__,
+            "--child",
+            variant,
+            str(n),
+        ]
+        subprocess.run(cmd, check=True, capture_output=True)
+        with open(out) as f:
+            text = f.read()
+    match = re.search(r"^summary:\s+(\d+)", text, re.M) or re.search(
+        r"^totals:\s+(\d+)", text, re.M
+    )
+    if match is None:
+        raise RuntimeError("no instruction total in callgrind output")
+    return int(match.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--callgrind", action="store_true")
+    parser.add_argument("-n", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        run_variant(args.child[0], int(args.child[1]))
+        return
+    if args.callgrind:
+        n = args.n or 500
+        print(f"instructions per request, (Ir(3N) - Ir(N)) / 2N with N={n}, {FEATURES} features")
+        base = None
+        for variant in VARIANTS:
+            high, low = callgrind_instructions(variant, 3 * n), callgrind_instructions(variant, n)
+            per = (high - low) / (2 * n)
+            base = base or per
+            print(f"{variant:<10} {per:>12,.0f} Ir/request   {per - base:>+10,.0f} vs bare")
+        return
+    n = args.n or 5000
+    results: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for _ in range(args.rounds):
+        for variant in VARIANTS:
+            results[variant].append(cpu_per_request(variant, n))
+    print(
+        f"CPU µs per request, {n} requests, {FEATURES} features, median of {args.rounds} "
+        "interleaved rounds"
+    )
+    bare = statistics.median(results["bare"])
+    for variant, samples in results.items():
+        med = statistics.median(samples)
+        print(f"{variant:<10} {med:>8.1f} µs   {med - bare:>+7.1f} vs bare   x{med / bare:.2f}")
+
+
+if __name__ == "__main__":
+    main()

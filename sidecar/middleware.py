@@ -1,0 +1,280 @@
+"""The ASGI tap: decide sampling, tee the bodies, enqueue. Nothing heavy happens here.
+
+The app receives and sends exactly what it would without the middleware: the
+wrappers pass every message through unchanged and only keep references to body
+chunks of sampled requests. Any failure inside the tap is counted and swallowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import Collection
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .baseline import Baseline, BaselineError
+from .report import DriftRule
+from .worker import Extractor, Monitor, Sample, _bump
+
+logger = logging.getLogger("sidecar")
+
+HEALTH_PATHS = frozenset(
+    {"/metrics", "/health", "/healthz", "/ready", "/readyz", "/live", "/livez", "/ping"}
+)
+
+
+class RateLimiter:
+    """Token bucket: at most `rate` samples a second, bursts of up to one second's worth."""
+
+    def __init__(self, rate: float, clock: Any = time.monotonic) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self.tokens = self.capacity
+        self.clock = clock
+        self.last = clock()
+
+    def allow(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class SkewMiddleware:
+    """Samples inference requests (and responses) and checks them against a baseline.
+
+    ```python
+    app.add_middleware(SkewMiddleware, baseline="baseline.json", model="churn")
+    ```
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        baseline: str | os.PathLike[str] | Baseline,
+        model: str = "default",
+        sample_rate: float = 1.0,
+        max_samples_per_second: float = 1000.0,
+        methods: Collection[str] = ("POST",),
+        paths: Collection[str] | None = None,
+        exclude_paths: Collection[str] = HEALTH_PATHS,
+        max_body_bytes: int = 1 << 20,
+        queue_size: int = 10_000,
+        window_seconds: float = 60.0,
+        min_window_rows: int = 100,
+        sample_responses: bool = True,
+        registry: CollectorRegistry | None = REGISTRY,
+        extractor: Extractor | None = None,
+    ) -> None:
+        if not 0.0 <= sample_rate <= 1.0:
+            raise ValueError(f"sample_rate must be between 0 and 1, got {sample_rate!r}")
+        if not max_samples_per_second > 0:
+            raise ValueError(
+                f"max_samples_per_second must be positive, got {max_samples_per_second!r}"
+            )
+        if max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes!r}")
+        self.app = app
+        # Load now: a bad baseline fails the app's startup, not its first request.
+        if isinstance(baseline, Baseline):
+            loaded = baseline
+        else:
+            try:
+                loaded = Baseline.load(baseline)
+            except BaselineError as exc:
+                raise BaselineError(f"SkewMiddleware(model={model!r}): {exc}") from None
+        self.monitor = Monitor(
+            loaded,
+            model=model,
+            queue_size=queue_size,
+            window_seconds=window_seconds,
+            rule=DriftRule(min_rows=min_window_rows),
+            extractor=extractor,
+            registry=registry,
+        )
+        self.sample_rate = sample_rate
+        self.limiter = RateLimiter(max_samples_per_second)
+        self.methods = frozenset(m.upper() for m in methods)
+        self.paths = tuple(paths) if paths is not None else None
+        self.exclude_paths = frozenset(exclude_paths)
+        self.max_body_bytes = max_body_bytes
+        self.sample_responses = sample_responses and self.monitor.checks_responses
+        self._random = random.random
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self.app(scope, self._lifespan_receive(receive), send)
+                return
+            await self.app(scope, receive, send)
+            return
+        if not self._sampled(scope):
+            await self.app(scope, receive, send)
+            return
+        tap = _Tap(self, scope, receive, send)
+        await self.app(scope, tap.receive, tap.send)
+
+    def _sampled(self, scope: Scope) -> bool:
+        """Decided before touching the body; cheap checks first."""
+        try:
+            if scope["method"] not in self.methods:
+                return False
+            path = scope["path"]
+            if path in self.exclude_paths:
+                return False
+            if self.paths is not None and not path.startswith(self.paths):
+                return False
+            counts = self.monitor.counts
+            counts.seen += 1
+            if self.sample_rate < 1.0 and self._random() >= self.sample_rate:
+                return False
+            if not self.limiter.allow():
+                _bump(counts.dropped, "rate_limited")
+                return False
+            if not self.monitor.started:
+                self.monitor.start()  # mounted sub-apps never see lifespan events
+            return True
+        except Exception:
+            self.monitor._error("worker")
+            return False
+
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        async def wrapped() -> Message:
+            message = await receive()
+            try:
+                if message["type"] == "lifespan.startup":
+                    self.monitor.start()
+                elif message["type"] == "lifespan.shutdown":
+                    # Joining the thread flushes the last window; not on the loop.
+                    await asyncio.get_running_loop().run_in_executor(None, self.monitor.stop)
+            except Exception:
+                self.monitor._error("worker")
+            return message
+
+        return wrapped
+
+
+class _Tap:
+    """Per-request state: references to body chunks, never copies.
+
+    `receive` and `send` are bound methods of this object, not closures: one
+    allocation per sampled request instead of three.
+    """
+
+    __slots__ = (
+        "_receive",
+        "_send",
+        "encoding",
+        "finished",
+        "max_bytes",
+        "middleware",
+        "overflow",
+        "path",
+        "request",
+        "request_done",
+        "request_size",
+        "response",
+        "response_encoding",
+        "response_size",
+        "sample_responses",
+        "status",
+    )
+
+    def __init__(
+        self, middleware: SkewMiddleware, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        self.middleware = middleware
+        self._receive = receive
+        self._send = send
+        self.max_bytes = middleware.max_body_bytes
+        self.sample_responses = middleware.sample_responses
+        self.path: str = scope["path"]
+        self.request: list[bytes] = []
+        self.request_size = 0
+        self.request_done = False
+        self.response: list[bytes] = []
+        self.response_size = 0
+        self.status = 0
+        self.overflow = False
+        self.finished = False
+        self.encoding = _header(scope["headers"], b"content-encoding")
+        self.response_encoding = ""
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        try:
+            if not self.request_done:
+                kind = message["type"]
+                if kind == "http.request":
+                    body = message.get("body", b"")
+                    if body:
+                        self.request_size += len(body)
+                        if self.request_size <= self.max_bytes:
+                            self.request.append(body)
+                        else:
+                            self.overflow = True
+                    if not message.get("more_body", False):
+                        self.request_done = True
+                elif kind == "http.disconnect":
+                    self.finish()  # the client left mid-body: counted once, nothing queued
+        except Exception:
+            self.middleware.monitor._error("worker")
+        return message
+
+    async def send(self, message: Message) -> None:
+        await self._send(message)  # the client first; the tap only looks afterwards
+        try:
+            kind = message["type"]
+            if kind == "http.response.body":
+                body = message.get("body", b"")
+                if body and self.sample_responses:
+                    self.response_size += len(body)
+                    if self.response_size <= self.max_bytes:
+                        self.response.append(body)
+                if not message.get("more_body", False):
+                    self.finish()
+            elif kind == "http.response.start":
+                self.status = message["status"]
+                self.response_encoding = _header(message.get("headers"), b"content-encoding")
+        except Exception:
+            self.middleware.monitor._error("worker")
+
+    def finish(self) -> None:
+        if self.finished:
+            return  # a disconnect finished it before the response did
+        self.finished = True
+        counts = self.middleware.monitor.counts
+        if self.overflow:
+            _bump(counts.dropped, "too_large")
+        elif not self.request_done:
+            _bump(counts.dropped, "body_incomplete")  # the app did not read it all
+        elif self.request:
+            response = self.response if self.response_size <= self.max_bytes else ()
+            self.middleware.monitor.submit(
+                Sample(
+                    self.request,
+                    response,
+                    self.status,
+                    self.path,
+                    self.encoding,
+                    self.response_encoding,
+                )
+            )
+
+
+def _header(headers: Any, name: bytes) -> str:
+    """One header's value (latin-1), or "" when absent; headers are (bytes, bytes) pairs."""
+    for key, value in headers or ():
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return ""

@@ -1,0 +1,372 @@
+"""The background consumer: parse, extract, check, window, export. One queue, one thread.
+
+The serving path only appends a `Sample` to a bounded deque (`Monitor.submit`);
+everything that costs CPU happens here, off the event loop, in batches small
+enough that the thread never holds the GIL for long.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from .baseline import SCHEMA_VERSION, Baseline
+from .engine import Engine, Window
+from .extract import extract_request, extract_response
+from .metrics import BATCH_BUCKETS, MonitorSnapshot, collector_for
+from .report import DriftRule, WindowReport, build_report
+
+logger = logging.getLogger("sidecar")
+
+Extractor = Callable[[Any], Sequence[Any]]
+
+
+class Sample:
+    """One sampled exchange: body chunks as received, joined only in the worker.
+
+    A slotted class, not a dataclass: it is built on the event loop for every
+    sample, and a frozen dataclass's __init__ costs several times more.
+    """
+
+    __slots__ = ("encoding", "path", "request", "response", "response_encoding", "status")
+
+    def __init__(
+        self,
+        request: Sequence[bytes],
+        response: Sequence[bytes] = (),
+        status: int = 200,
+        path: str = "",
+        encoding: str = "",
+        response_encoding: str = "",
+    ) -> None:
+        self.request = request
+        self.response = response
+        self.status = status
+        self.path = path
+        self.encoding = encoding  # the request's Content-Encoding, e.g. "gzip"
+        self.response_encoding = response_encoding
+
+
+@dataclass
+class _Counts:
+    """Plain integers: the loop writes seen/sampled/dropped, the worker the rest."""
+
+    seen: int = 0
+    sampled: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    # Per-bucket (not cumulative) counts; the last one is +Inf.
+    batch_buckets: list[int] = field(default_factory=lambda: [0] * (len(BATCH_BUCKETS) + 1))
+    batch_sum: float = 0.0
+
+    def observe_batch(self, seconds: float) -> None:
+        self.batch_sum += seconds
+        self.batch_buckets[bisect.bisect_left(BATCH_BUCKETS, seconds)] += 1
+
+
+def _bump(counts: dict[str, int], key: str, n: int = 1) -> None:
+    counts[key] = counts.get(key, 0) + n
+
+
+def parse_json(data: bytes) -> Any:
+    """orjson, falling back to a parser that reads the NaN/Infinity tokens TF Serving
+    clients send (the values then count as non-finite)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        if b"NaN" not in data and b"Infinity" not in data:
+            raise
+        return json.loads(data)
+
+
+def decompress(data: bytes, encoding: str, limit: int) -> bytes | None:
+    """Decoded body, or None when it would exceed `limit` bytes (a zip bomb)."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return data
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise ValueError(f"unsupported Content-Encoding {encoding!r}")
+    wbits = 16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS
+    try:
+        inflater = zlib.decompressobj(wbits)
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise ValueError(f"bad {encoding} body: {exc}") from None
+    return None if len(out) > limit else out
+
+
+class Monitor:
+    """Checks sampled bodies against one baseline and exports the results.
+
+    `submit` is safe to call from the event loop (it never blocks); `start` and
+    `stop` manage the worker thread; `stop` flushes the last window.
+    """
+
+    def __init__(
+        self,
+        baseline: Baseline,
+        *,
+        model: str = "default",
+        queue_size: int = 10_000,
+        window_seconds: float = 60.0,
+        rule: DriftRule | None = None,
+        extractor: Extractor | None = None,
+        registry: CollectorRegistry | None = REGISTRY,
+        batch_rows: int = 512,
+        max_decompressed_bytes: int = 8 << 20,
+        export_bins: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be positive, got {queue_size}")
+        if not window_seconds > 0:
+            raise ValueError(f"window_seconds must be positive, got {window_seconds}")
+        self.baseline = baseline
+        self.model = model
+        self.queue_size = queue_size
+        self.window_seconds = window_seconds
+        self.rule = rule or DriftRule()
+        self.extractor = extractor
+        self.batch_rows = batch_rows
+        self.max_decompressed_bytes = max_decompressed_bytes
+        self.export_bins = export_bins
+        self.clock = clock
+        self.counts = _Counts()
+        self.requests = Engine(baseline, roles=("input",))
+        self.responses = Engine(baseline, roles=("prediction",))
+        self.checks_responses = bool(self.responses.checkers)
+        # Positional payloads (lists without names) take the baseline's input order.
+        self.input_names = list(self.requests.checkers)
+        self._queue: deque[Sample] = deque()
+        self._wakeup = threading.Event()
+        self._lock = threading.Lock()  # guards engines, totals and reports
+        self._totals = [Window(self.requests.checkers), Window(self.responses.checkers)]
+        self._last: list[WindowReport] = []
+        self._window_end_unix = 0.0
+        self._windows = 0
+        self._deadline = clock() + window_seconds
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._start_lock = threading.Lock()
+        self._logged: set[str] = set()
+        if registry is not None:
+            collector_for(registry).add(self)
+
+    # -- the serving side (event loop) -----------------------------------------
+
+    def submit(self, sample: Sample) -> bool:
+        """Queue a sample without blocking; a full queue drops it and counts the drop."""
+        if len(self._queue) >= self.queue_size:
+            _bump(self.counts.dropped, "queue_full")
+            return False
+        self._queue.append(sample)
+        self.counts.sampled += 1
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+        return True
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def started(self) -> bool:
+        """Cheap check for the serving path (no thread call)."""
+        return self._thread is not None
+
+    def start(self) -> None:
+        with self._start_lock:
+            if self.running:
+                return
+            self._stopping = False
+            self._deadline = self.clock() + self.window_seconds
+            self._thread = threading.Thread(
+                target=self._run, name=f"skew-monitor-{self.model}", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Check what is queued, flush the last window, and join the thread."""
+        with self._start_lock:
+            thread = self._thread
+            if thread is None:
+                return
+            self._stopping = True
+            self._wakeup.set()
+            thread.join(timeout)
+            self._thread = None
+
+    # -- the worker thread --------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            try:
+                stopping = self._stopping
+                self.process_pending()
+                if stopping:
+                    self.close_window()
+                    return
+                if self.clock() >= self._deadline:
+                    self.close_window(final=False)
+                timeout = max(0.0, min(0.5, self._deadline - self.clock()))
+                self._wakeup.wait(timeout)
+                self._wakeup.clear()
+            except Exception:  # the thread must outlive any bug in one batch
+                self._error("worker")
+
+    def process_pending(self) -> int:
+        """Check everything queued now; returns the number of samples processed."""
+        processed = 0
+        request_rows: list[Any] = []
+        response_rows: list[Any] = []
+        started = time.perf_counter()
+        while self._queue:
+            sample = self._queue.popleft()
+            processed += 1
+            self._extract(sample, request_rows, response_rows)
+            if len(request_rows) + len(response_rows) >= self.batch_rows:
+                self._check(request_rows, response_rows)
+                request_rows, response_rows = [], []
+                self.counts.observe_batch(time.perf_counter() - started)
+                time.sleep(0)  # let the serving thread take the GIL between batches
+                started = time.perf_counter()
+        if request_rows or response_rows:
+            self._check(request_rows, response_rows)
+            self.counts.observe_batch(time.perf_counter() - started)
+        return processed
+
+    def _extract(self, sample: Sample, requests: list[Any], responses: list[Any]) -> None:
+        body = self._parse(sample.request, sample.encoding, count=True)
+        if body is not None:
+            try:
+                if self.extractor is not None:
+                    requests.extend(self.extractor(body))
+                else:
+                    extracted = extract_request(body, names=self.input_names)
+                    if extracted is None:
+                        _bump(self.counts.dropped, "unrecognised_payload")
+                    else:
+                        requests.extend(extracted.rows)
+            except Exception:
+                self._error("extract")
+        if self.checks_responses and sample.response and 200 <= sample.status < 300:
+            out = self._parse(sample.response, sample.response_encoding, count=False)
+            if out is not None:
+                try:
+                    extracted = extract_response(out, output_name=self._output_name())
+                    if extracted is not None:
+                        responses.extend(extracted.rows)
+                except Exception:
+                    self._error("extract")
+
+    def _output_name(self) -> str:
+        names = list(self.responses.checkers)
+        return names[0] if len(names) == 1 else "prediction"
+
+    def _parse(self, chunks: Sequence[bytes], encoding: str, count: bool) -> Any:
+        """Parsed JSON, or None (counted for requests when count is true)."""
+        if not chunks:
+            return None
+        try:
+            data: bytes | None = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if encoding and data is not None:
+                data = decompress(data, encoding, self.max_decompressed_bytes)
+            if data is None:
+                if count:
+                    _bump(self.counts.dropped, "too_large")
+                return None
+            return parse_json(data)
+        except ValueError:  # orjson.JSONDecodeError and json's, bad gzip data
+            if count:
+                _bump(self.counts.dropped, "invalid_json")
+        except Exception:
+            self._error("parse")
+        return None
+
+    def _check(self, requests: list[Any], responses: list[Any]) -> None:
+        try:
+            with self._lock:
+                if requests:
+                    self.requests.check(requests)
+                if responses and self.checks_responses:
+                    self.responses.check(responses)
+        except Exception:
+            self._error("check")
+
+    def close_window(self, final: bool = True) -> None:
+        """Close the current window: its measures become the exported ones.
+
+        A due window with fewer rows than the drift rule's minimum is extended
+        (final=False), not closed: slow traffic still gets verdicts.
+        """
+        try:
+            with self._lock:
+                if not final and self.requests.window.rows < self.rule.min_rows:
+                    return
+                windows = [self.requests.close_window(), self.responses.close_window()]
+                for total, window in zip(self._totals, windows, strict=True):
+                    total.add(window)
+                if windows[0].rows or windows[1].rows:
+                    self._last = [
+                        build_report(w, self.baseline, self.rule)
+                        for w in windows[: 2 if self.checks_responses else 1]
+                    ]
+                    self._windows += 1
+                    self._window_end_unix = time.time()
+        except Exception:
+            self._error("report")
+        finally:
+            self._deadline = self.clock() + self.window_seconds
+
+    def _error(self, stage: str) -> None:
+        _bump(self.counts.errors, stage)
+        if stage not in self._logged:  # once per stage: a bug must not flood the logs
+            self._logged.add(stage)
+            logger.exception("skew monitor %s: %s failed; counted, not raised", self.model, stage)
+
+    # -- export ---------------------------------------------------------------------
+
+    def snapshot(self) -> MonitorSnapshot:
+        with self._lock:
+            totals = []
+            for engine, total in (
+                (self.requests, self._totals[0]),
+                (self.responses, self._totals[1]),
+            ):
+                running = Window(engine.checkers)
+                running.add(total)
+                running.add(engine.window)
+                totals.append(build_report(running, self.baseline, self.rule))
+            last = list(self._last)
+        c = self.counts
+        return MonitorSnapshot(
+            model=self.model,
+            baseline_hash=self.baseline.baseline_hash,
+            schema_version=SCHEMA_VERSION,
+            totals=totals if self.checks_responses else totals[:1],
+            last_window=last,
+            window_end=self._window_end_unix,
+            seen=c.seen,
+            sampled=c.sampled,
+            dropped=dict(c.dropped),
+            errors=dict(c.errors),
+            queue_depth=len(self._queue),
+            queue_capacity=self.queue_size,
+            windows=self._windows,
+            export_bins=self.export_bins,
+            batch_buckets=list(c.batch_buckets),
+            batch_sum=c.batch_sum,
+        )
