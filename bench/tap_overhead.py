@@ -103,7 +103,11 @@ async def drive(app: Any, n: int, method: str) -> None:
 
 
 def run_variant(variant: str, n: int) -> None:
+    import gc
+
     app, monitor = build(variant)
+    gc.collect()
+    gc.freeze()  # set-up objects out of the collector's way: same GC cost per request
     asyncio.run(drive(app, n, "GET" if variant == "unwatched" else "POST"))
     if variant == "checked" and monitor is not None:
         monitor.process_pending()
@@ -135,7 +139,8 @@ def callgrind_instructions(variant: str, n: int) -> int:
             variant,
             str(n),
         ]
-        subprocess.run(cmd, check=True, capture_output=True)
+        env = {**os.environ, "PYTHONHASHSEED": "0"}  # same dict layouts in every run
+        subprocess.run(cmd, check=True, capture_output=True, env=env)
         with open(out) as f:
             text = f.read()
     match = re.search(r"^summary:\s+(\d+)", text, re.M) or re.search(

@@ -34,7 +34,19 @@ if TYPE_CHECKING:
     from .worker import Monitor
 
 # Upper bounds of skew_monitor_batch_seconds (seconds).
-BATCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+BATCH_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
 
 MEASURES = ("psi", "js_distance", "linf", "wasserstein", "ks", "mean_shift", "scale_ratio")
 # Why a watched request's body was not checked (skew_samples_dropped_total{reason}).
