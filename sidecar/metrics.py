@@ -56,7 +56,9 @@ DROP_REASONS = (
     "too_large",
     "body_incomplete",
     "invalid_json",
+    "unsupported_encoding",
     "unrecognised_payload",
+    "empty_body",
 )
 ERROR_STAGES = ("parse", "extract", "check", "report", "worker")
 # Per-feature counters: family name, help, and the FeatureReport field it reads.
@@ -214,7 +216,9 @@ def render(snapshots: list[MonitorSnapshot]) -> Iterator[Metric]:
         for total in snap.totals:
             for r in total.features.values():
                 for field_name, family in per_feature.items():
-                    family.add_metric([m, r.name], getattr(r, field_name) or 0)
+                    count = getattr(r, field_name)
+                    if count is not None:  # None: not knowable (a pruned vocabulary)
+                        family.add_metric([m, r.name], count)
                 out_of_range.add_metric([m, r.name, "low"], r.out_of_range_low)
                 out_of_range.add_metric([m, r.name, "high"], r.out_of_range_high)
                 # Every bin exists from the first scrape (at 0): none is missing from

@@ -75,6 +75,7 @@ class SkewMiddleware:
         sample_responses: bool = True,
         registry: CollectorRegistry | None = REGISTRY,
         extractor: Extractor | None = None,
+        export_bins: bool = True,
     ) -> None:
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be between 0 and 1, got {sample_rate!r}")
@@ -101,6 +102,7 @@ class SkewMiddleware:
             rule=DriftRule(min_rows=min_window_rows),
             extractor=extractor,
             registry=registry,
+            export_bins=export_bins,  # off for very wide models: bins x features series
         )
         self.sample_rate = sample_rate
         self.limiter = RateLimiter(max_samples_per_second)
@@ -114,7 +116,7 @@ class SkewMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                await self.app(scope, self._lifespan_receive(receive), send)
+                await self._lifespan(scope, receive, send)
                 return
             await self.app(scope, receive, send)
             return
@@ -130,7 +132,7 @@ class SkewMiddleware:
             if scope["method"] not in self.methods:
                 return False
             path = scope["path"]
-            if path in self.exclude_paths:
+            if path in self.exclude_paths or path.rstrip("/") in self.exclude_paths:
                 return False
             if self.paths is not None and not path.startswith(self.paths):
                 return False
@@ -148,20 +150,29 @@ class SkewMiddleware:
             self.monitor._error("worker")
             return False
 
-    def _lifespan_receive(self, receive: Receive) -> Receive:
-        async def wrapped() -> Message:
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Start the worker once the app's startup completed; stop it (flushing the last
+        window) when shutdown begins. A failed startup starts nothing."""
+
+        async def wrapped_receive() -> Message:
             message = await receive()
-            try:
-                if message["type"] == "lifespan.startup":
-                    self.monitor.start()
-                elif message["type"] == "lifespan.shutdown":
+            if message["type"] == "lifespan.shutdown":
+                try:
                     # Joining the thread flushes the last window; not on the loop.
                     await asyncio.get_running_loop().run_in_executor(None, self.monitor.stop)
-            except Exception:
-                self.monitor._error("worker")
+                except Exception:
+                    self.monitor._error("worker")
             return message
 
-        return wrapped
+        async def wrapped_send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                try:
+                    self.monitor.start()
+                except Exception:
+                    self.monitor._error("worker")
+            await send(message)
+
+        await self.app(scope, wrapped_receive, wrapped_send)
 
 
 class _Tap:
@@ -207,8 +218,9 @@ class _Tap:
         self.status = 0
         self.overflow = False
         self.finished = False
-        self.encoding = _header(scope["headers"], b"content-encoding")
-        self.response_encoding = ""
+        # Header lists are kept as references and read in the worker, not here.
+        self.encoding = scope["headers"]
+        self.response_encoding: Any = ()
 
     async def receive(self) -> Message:
         message = await self._receive()
@@ -245,7 +257,7 @@ class _Tap:
                     self.finish()
             elif kind == "http.response.start":
                 self.status = message["status"]
-                self.response_encoding = _header(message.get("headers"), b"content-encoding")
+                self.response_encoding = message.get("headers", ())
         except Exception:
             self.middleware.monitor._error("worker")
 
@@ -258,7 +270,9 @@ class _Tap:
             _bump(counts.dropped, "too_large")
         elif not self.request_done:
             _bump(counts.dropped, "body_incomplete")  # the app did not read it all
-        elif self.request:
+        elif not self.request:
+            _bump(counts.dropped, "empty_body")
+        else:
             response = self.response if self.response_size <= self.max_bytes else ()
             self.middleware.monitor.submit(
                 Sample(
@@ -270,11 +284,3 @@ class _Tap:
                     self.response_encoding,
                 )
             )
-
-
-def _header(headers: Any, name: bytes) -> str:
-    """One header's value (latin-1), or "" when absent; headers are (bytes, bytes) pairs."""
-    for key, value in headers or ():
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return ""

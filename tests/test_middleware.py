@@ -436,3 +436,38 @@ def test_a_window_with_too_few_rows_is_extended_not_closed(baseline: Baseline) -
     monitor.process_pending()
     monitor.close_window(final=False)
     assert value(registry, "skew_window_rows") == 55
+
+
+def test_bin_counters_can_be_switched_off_for_wide_models(baseline: Baseline) -> None:
+    mw, registry = tap(baseline, export_bins=False)
+    asyncio.run(request(mw, path="/consume", chunks=[body({"x": 1.0, "c": "a"})]))
+    mw.monitor.stop()
+    names = {s.name for metric in registry.collect() for s in metric.samples}
+    assert "skew_feature_bin_total" not in names
+    assert "skew_feature_baseline_fraction" in names
+    assert value(registry, "skew_feature_values_total", feature="x") == 1
+
+
+@pytest.mark.parametrize(
+    ("chunks", "headers", "reason"),
+    [
+        ([b""], [(b"content-type", b"application/json")], "empty_body"),
+        ([b"\x00\x01"], [(b"content-encoding", b"br")], "unsupported_encoding"),
+        ([b"not gzip"], [(b"content-encoding", b"gzip")], "invalid_json"),
+        ([b'"just a string"'], [], "unrecognised_payload"),
+    ],
+)
+def test_bodies_without_rows_are_counted_by_reason(
+    baseline: Baseline, chunks: list[bytes], headers: list[tuple[bytes, bytes]], reason: str
+) -> None:
+    mw, registry = tap(baseline)
+    asyncio.run(request(mw, path="/consume", chunks=chunks, headers=headers))
+    mw.monitor.stop()
+    assert value(registry, "skew_samples_dropped_total", reason=reason) == 1
+    assert value(registry, "skew_rows_checked_total") == 0
+
+
+def test_excluded_paths_match_with_a_trailing_slash(baseline: Baseline) -> None:
+    mw, registry = tap(baseline)
+    asyncio.run(request(mw, path="/metrics/", chunks=[body({"x": 1.0})]))
+    assert value(registry, "skew_requests_seen_total") == 0

@@ -1,0 +1,708 @@
+"""Serving-path cost of SkewMiddleware over real HTTP: uvicorn on core 0, load on core 1.
+
+Each variant is its own uvicorn process (one worker, no access log) pinned to core 0
+with `taskset -c 0`; wrk (closed loop) and this script are pinned to core 1. Variants
+run interleaved for several rounds (the order rotates each round) and the tables show
+medians; ratios are medians of per-round ratios against the no-op middleware.
+
+  bare          the Starlette app alone
+  noop          a pass-through pure-ASGI middleware: the floor for any middleware
+  skew-0.1      SkewMiddleware, sample_rate=0.1
+  skew-1.0      SkewMiddleware, sample_rate=1.0 (default max_samples_per_second=1000)
+  skew-all      SkewMiddleware, sample_rate=1.0, max_samples_per_second=1e9: every
+                request checked (the monitor's full cost, worker thread on core 0 too)
+  exporter      starlette_exporter's PrometheusMiddleware (the popular peer)
+  skew-1.0+scrape       skew-1.0 while a thread GETs /metrics once a second
+                        (sidecar.metrics_app: renders in a thread)
+  skew-1.0+scrape-prom  the same with prometheus_client's make_asgi_app (renders on
+                        the event loop)
+
+Then a fixed offered load (open loop, half the no-op's measured capacity) for noop and
+the three SkewMiddleware variants, with latency measured from each request's scheduled
+send time, so queueing shows as latency. wrk is closed-loop and Debian has no wrk2
+(`wrk -R`), so the open loop is a small asyncio generator here.
+
+Besides req/s, p50/p99 and server CPU per request, the skew rows show the CPU spent off
+the event loop (the monitor's worker thread), the share of requests checked and the
+samples per worker batch, read from the app's own /metrics between runs.
+
+    apt-get update && apt-get install -y wrk      # the load generator
+    pip install starlette_exporter                # optional: the peer variant
+    python bench/serving_load.py [--duration 10] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import importlib.util
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+VARIANT_ENV = "SERVING_LOAD_VARIANT"
+BASELINE_ENV = "SERVING_LOAD_BASELINE"
+NUMERIC = 24
+CATEGORICAL = 8
+SERVER_VARIANTS = ("bare", "noop", "skew-0.1", "skew-1.0", "skew-all", "exporter")
+SKEW_OPTIONS: dict[str, dict[str, float]] = {
+    "skew-0.1": {"sample_rate": 0.1},
+    "skew-1.0": {"sample_rate": 1.0},
+    "skew-all": {"sample_rate": 1.0, "max_samples_per_second": 1e9},
+}
+# run name -> (server variant, path scraped once a second during the run, or None)
+RUNS: dict[str, tuple[str, str | None]] = {
+    **{name: (name, None) for name in SERVER_VARIANTS},
+    "skew-1.0+scrape": ("skew-1.0", "/metrics/"),
+    "skew-1.0+scrape-prom": ("skew-1.0", "/metrics-prom/"),
+}
+FIXED_LOAD_VARIANTS = ("noop", "skew-0.1", "skew-1.0", "skew-all")
+
+
+# -- the served apps (imported by uvicorn in the child processes) ------------------------
+
+
+class NoopMiddleware:
+    """The cheapest possible pure-ASGI middleware: the floor for any middleware."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+def score(row: dict[str, Any]) -> float:
+    """A stand-in model: a logistic of the mean numeric feature."""
+    total = sum(row[f"num_{j}"] for j in range(NUMERIC))
+    return 1.0 / (1.0 + math.exp(-(total / NUMERIC - 50.0) / 2.0))
+
+
+def app_factory() -> ASGIApp:
+    """uvicorn entry point: the variant and baseline path come from the environment."""
+    return build_app(os.environ[VARIANT_ENV], os.environ.get(BASELINE_ENV, ""))
+
+
+def build_app(variant: str, baseline_path: str) -> ASGIApp:
+    import orjson
+    from prometheus_client import CollectorRegistry, make_asgi_app
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import BaseRoute, Mount, Route
+
+    async def predict(request: Request) -> Response:
+        row = orjson.loads(await request.body())
+        body = orjson.dumps({"predictions": [round(score(row), 6)]})
+        return Response(body, media_type="application/json")
+
+    routes: list[BaseRoute] = [Route("/predict", predict, methods=["POST"])]
+    middleware: list[Middleware] = []
+    if variant == "noop":
+        middleware.append(Middleware(NoopMiddleware))
+    elif variant == "exporter":
+        from starlette_exporter import PrometheusMiddleware, handle_metrics
+
+        routes.append(Route("/metrics", handle_metrics))
+        middleware.append(Middleware(PrometheusMiddleware))
+    elif variant in SKEW_OPTIONS:
+        from sidecar import SkewMiddleware, metrics_app
+
+        registry = CollectorRegistry()
+        routes.append(Mount("/metrics", metrics_app(registry)))
+        routes.append(Mount("/metrics-prom", make_asgi_app(registry)))
+        options = {"baseline": baseline_path, "registry": registry, **SKEW_OPTIONS[variant]}
+        middleware.append(Middleware(SkewMiddleware, **options))
+    elif variant != "bare":
+        raise ValueError(f"unknown variant {variant!r}; expected one of {SERVER_VARIANTS}")
+    return Starlette(routes=routes, middleware=middleware)
+
+
+# -- data ----------------------------------------------------------------------------------
+
+
+def training_rows(n: int, seed: int) -> list[dict[str, Any]]:
+    """24 numeric + 8 categorical features: a typical tabular model's request."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    nums = rng.normal(size=(n, NUMERIC)) * 10 + 50
+    cats = rng.integers(0, 40, size=(n, CATEGORICAL))
+    rows = []
+    for i in range(n):
+        row: dict[str, Any] = {f"num_{j}": round(float(nums[i, j]), 4) for j in range(NUMERIC)}
+        row.update({f"cat_{j}": f"value_{cats[i, j]}" for j in range(CATEGORICAL)})
+        rows.append(row)
+    return rows
+
+
+def write_baseline(path: str) -> None:
+    from sidecar import Baseline, ProfileOptions
+
+    rows = training_rows(5000, seed=1)
+    for row in rows:
+        row["prediction"] = score(row)
+    options = ProfileOptions(prediction=frozenset({"prediction"}))
+    Baseline.from_records(rows, options).save(path)
+
+
+def request_body() -> bytes:
+    import orjson
+
+    return orjson.dumps(training_rows(1, seed=2)[0])
+
+
+# -- servers -------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    variant: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: str
+
+
+def server_stack() -> tuple[str, str]:
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return http, loop
+
+
+def uvicorn_command(port: int) -> list[str]:
+    http, loop = server_stack()
+    bench_dir = os.path.dirname(os.path.abspath(__file__))
+    return [
+        "taskset", "-c", "0", sys.executable, "-m", "uvicorn", "serving_load:app_factory",
+        "--factory", "--app-dir", bench_dir, "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1", "--no-access-log", "--log-level", "warning",
+        "--http", http, "--loop", loop,
+    ]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def die_with_parent() -> None:
+    """The server gets SIGTERM if this script dies without cleaning up (e.g. SIGKILL)."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG; survives exec
+
+
+def start_server(variant: str, baseline_path: str, log_dir: str) -> Server:
+    port = free_port()
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.environ.get("PYTHONPATH", "")
+    env = {
+        **os.environ,
+        VARIANT_ENV: variant,
+        BASELINE_ENV: baseline_path,
+        "PYTHONPATH": repo + (os.pathsep + path if path else ""),
+    }
+    log_path = os.path.join(log_dir, f"{variant}.log")
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            uvicorn_command(port),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,  # no thread is running yet
+        )
+    return Server(variant, port, process, log_path)
+
+
+def post(port: int, path: str, body: bytes, timeout: float = 5.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", path, body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def get(port: int, path: str, timeout: float = 10.0) -> bytes:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"GET {path} on port {port}: HTTP {response.status}")
+        return data
+    finally:
+        conn.close()
+
+
+def wait_ready(server: Server, body: bytes, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            with open(server.log_path, errors="replace") as f:
+                log = f.read()
+            raise RuntimeError(f"server {server.variant!r} exited early:\n{log}")
+        with contextlib.suppress(OSError):
+            status, _ = post(server.port, "/predict", body)
+            if status == 200:
+                return
+            raise RuntimeError(f"server {server.variant!r}: POST /predict gave HTTP {status}")
+        time.sleep(0.2)
+    raise RuntimeError(f"server {server.variant!r} not ready after {timeout:.0f} s")
+
+
+def stop_servers(servers: list[Server]) -> None:
+    for server in servers:
+        if server.process.poll() is None:
+            server.process.terminate()
+    for server in servers:
+        try:
+            server.process.wait(10)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait(5)
+
+
+def cpu_ticks(pid: int) -> tuple[int, int]:
+    """utime + stime in clock ticks: the whole process (all threads, exited ones too),
+    and its main thread alone (the event loop)."""
+    ticks = []
+    for path in (f"/proc/{pid}/stat", f"/proc/{pid}/task/{pid}/stat"):
+        with open(path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks.append(int(fields[11]) + int(fields[12]))
+    return ticks[0], ticks[1]
+
+
+def wait_idle(pid: int, timeout: float = 30.0) -> None:
+    """Until the process is idle: the monitor has drained any backlog of samples."""
+    deadline = time.monotonic() + timeout
+    idle = 0
+    last = cpu_ticks(pid)[0]
+    while idle < 2 and time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = cpu_ticks(pid)[0]
+        idle = idle + 1 if now - last <= 1 else 0
+        last = now
+
+
+def skew_counters(port: int) -> dict[str, float]:
+    """Rows checked, requests sampled and batches the worker processed, so far."""
+    text = get(port, "/metrics/").decode()
+    counts = {}
+    for key in ("skew_rows_checked_total", "skew_requests_sampled_total"):
+        match = re.search(rf"^{key}{{[^}}]*}} ([0-9.e+]+)$", text, re.M)
+        counts[key] = float(match.group(1)) if match else math.nan
+    match = re.search(r"^skew_monitor_batch_seconds_count{[^}]*} ([0-9.e+]+)$", text, re.M)
+    counts["batches"] = float(match.group(1)) if match else math.nan
+    return counts
+
+
+# -- closed loop: wrk ----------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float
+    off_loop_us: float  # CPU of the threads other than the event loop's
+    requests: int
+    errors: int
+    checked: float = math.nan  # request rows checked / requests, for the skew variants
+    per_batch: float = math.nan  # samples per worker batch, for the skew variants
+    scrape_ms: list[float] = field(default_factory=list)
+
+
+def write_lua(path: str, body: bytes) -> None:
+    with open(path, "w") as f:
+        f.write('wrk.method = "POST"\n')
+        f.write(f"wrk.body = [==[{body.decode()}]==]\n")
+        f.write('wrk.headers["Content-Type"] = "application/json"\n')
+
+
+def wrk_command(port: int, duration: float, connections: int, lua: str) -> list[str]:
+    return [
+        "taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration:g}s",
+        "-s", lua, "--latency", f"http://127.0.0.1:{port}/predict",
+    ]  # fmt: skip
+
+
+def to_ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def parse_wrk(out: str) -> tuple[float, float, float, int, int]:
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    pct = {
+        p: to_ms(v, u) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s|m)$", out, re.M)
+    }
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors += int(non2xx.group(1)) if non2xx else 0
+    return rps, pct["50"], pct["99"], requests, errors
+
+
+class Scraper(threading.Thread):
+    """GETs one path once a second until stopped; keeps each scrape's duration."""
+
+    def __init__(self, port: int, path: str) -> None:
+        super().__init__(daemon=True)
+        self.port, self.path = port, path
+        self.stopping = threading.Event()
+        self.durations_ms: list[float] = []
+        self.failures = 0
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            started = time.perf_counter()
+            try:
+                get(self.port, self.path)
+                self.durations_ms.append((time.perf_counter() - started) * 1e3)
+            except (OSError, RuntimeError):
+                self.failures += 1
+            self.stopping.wait(max(0.0, 1.0 - (time.perf_counter() - started)))
+
+
+def closed_loop(
+    server: Server, scrape: str | None, duration: float, connections: int, lua: str
+) -> Run:
+    pid = server.process.pid
+    skew = server.variant in SKEW_OPTIONS
+    wait_idle(pid)
+    before = skew_counters(server.port) if skew else {}
+    scraper = Scraper(server.port, scrape) if scrape else None
+    ticks = cpu_ticks(pid)
+    if scraper:
+        scraper.start()
+    try:
+        cmd = wrk_command(server.port, duration, connections, lua)
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, check=True, timeout=duration + 30
+        ).stdout
+    finally:
+        if scraper:
+            scraper.stopping.set()
+            scraper.join(15)
+    wait_idle(pid)  # a backlog drained after the run is part of the cost
+    after = cpu_ticks(pid)
+    rps, p50, p99, requests, errors = parse_wrk(out)
+    us_per_tick = 1e6 / os.sysconf("SC_CLK_TCK") / max(1, requests)
+    total, loop = ((a - b) * us_per_tick for a, b in zip(after, ticks, strict=True))
+    run = Run(rps, p50, p99, total, total - loop, requests, errors)
+    if skew:
+        d = {k: v - before[k] for k, v in skew_counters(server.port).items()}
+        run.checked = d["skew_rows_checked_total"] / max(1, requests)
+        run.per_batch = d["skew_requests_sampled_total"] / max(1.0, d["batches"])
+    if scraper:
+        run.scrape_ms = scraper.durations_ms
+        run.errors += scraper.failures
+    return run
+
+
+# -- open loop: a fixed offered rate -------------------------------------------------------
+
+
+@dataclass
+class OpenRun:
+    achieved: float
+    p50_ms: float
+    p99_ms: float
+    lag_p99_ms: float  # the generator's own lateness, subtracted from each latency
+    missing: int  # scheduled but not completed (errors, or not done in time)
+
+
+async def _open_loop(
+    port: int, body: bytes, rate: float, duration: float, connections: int
+) -> OpenRun:
+    """wrk2's model: each connection sends on its own schedule of rate/connections a
+    second, so a slow response delays the next sends and the wait counts as latency.
+
+    Latency runs from the scheduled send time, less the generator's own lateness in
+    sending on a free connection (asyncio timers fire up to ~1 ms late): that part is
+    the client's, not the server's.
+    """
+    request = (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(connections)]
+    clock = time.perf_counter
+    latencies: list[float] = []
+    lags: list[float] = []
+    start = clock() + 0.1
+    end = start + duration
+    interval = connections / rate
+    last_done = start
+
+    async def connection(c: int, reader: asyncio.StreamReader, writer: Any) -> None:
+        nonlocal last_done
+        scheduled = start + c / rate
+        free = start
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError, ValueError):
+            while scheduled < end:
+                delay = scheduled - clock()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                lag = clock() - max(scheduled, free)
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+                await reader.readexactly(int(length.group(1)) if length else 0)
+                free = last_done = max(last_done, clock())
+                if head.startswith(b"HTTP/1.1 200"):
+                    latencies.append(free - scheduled - lag)
+                    lags.append(lag)
+                scheduled += interval
+
+    tasks = [asyncio.ensure_future(connection(c, *s)) for c, s in enumerate(streams)]
+    try:
+        await asyncio.wait(tasks, timeout=duration + 30)  # a backlog gets 30 s to drain
+    finally:
+        for task in tasks:
+            task.cancel()
+        for _, writer in streams:
+            writer.close()
+    expected = sum(math.ceil((duration - c / rate) / interval) for c in range(connections))
+    ms = sorted(x * 1e3 for x in latencies) or [math.nan]
+    lag_ms = sorted(x * 1e3 for x in lags) or [math.nan]
+    return OpenRun(
+        achieved=len(latencies) / max(duration, last_done - start),
+        p50_ms=ms[len(ms) // 2],
+        p99_ms=ms[int(len(ms) * 0.99)],
+        lag_p99_ms=lag_ms[int(len(lag_ms) * 0.99)],
+        missing=max(0, expected - len(latencies)),
+    )
+
+
+def open_loop(
+    server: Server, body: bytes, rate: float, duration: float, connections: int
+) -> OpenRun:
+    wait_idle(server.process.pid)
+    return asyncio.run(_open_loop(server.port, body, rate, duration, connections))
+
+
+# -- the report ----------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.median(values) if values else math.nan
+
+
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    """Median of per-round ratios: noise shared by a round cancels."""
+    return median([x / y for x, y in zip(a, b, strict=True)])
+
+
+def rotated(names: list[str], r: int) -> list[str]:
+    return names[r % len(names) :] + names[: r % len(names)]
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        padded = [cells[0].ljust(widths[0])]
+        padded += [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), rule, *(line(row) for row in rows)])
+
+
+def goal(label: str, value: float, target: float, higher_is_better: bool) -> str:
+    met = value >= target if higher_is_better else value <= target
+    sign = ">=" if higher_is_better else "<="
+    return f"- {label}: {value:.3f}x (goal {sign} {target:.2f}x): {'met' if met else 'MISSED'}"
+
+
+def fmt(value: float, spec: str) -> str:
+    return "" if math.isnan(value) else format(value, spec)
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rate", type=float, help="fixed load in req/s (default: noop / 2)")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not on PATH. Install it with: apt-get update && apt-get install -y wrk")
+    if shutil.which("taskset") is None:
+        sys.exit("taskset is not on PATH. Install it with: apt-get install -y util-linux")
+    if (os.cpu_count() or 1) < 2:
+        sys.exit("needs 2 cores: the server on core 0, the load generators on core 1")
+    os.sched_setaffinity(0, {1})  # this script (scraper, open loop) stays off core 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below
+
+    notes: list[str] = []
+    runs = dict(RUNS)
+    if importlib.util.find_spec("starlette_exporter") is None:
+        del runs["exporter"]
+        notes.append("starlette_exporter is not installed: variant skipped "
+                     "(pip install starlette_exporter)")  # fmt: skip
+    body = request_body()
+    servers: dict[str, Server] = {}
+    results: dict[str, list[Run]] = {name: [] for name in runs}
+    fixed: dict[str, list[OpenRun]] = {name: [] for name in FIXED_LOAD_VARIANTS}
+    with tempfile.TemporaryDirectory(prefix="serving_load-") as tmp:
+        baseline_path = os.path.join(tmp, "baseline.json")
+        lua = os.path.join(tmp, "post.lua")
+        write_baseline(baseline_path)
+        write_lua(lua, body)
+        try:
+            for variant in dict.fromkeys(v for v, _ in runs.values()):
+                servers[variant] = start_server(variant, baseline_path, tmp)
+            for server in servers.values():
+                wait_ready(server, body)
+            for server in servers.values():  # warm-up, not recorded
+                closed_loop(server, None, min(2.0, args.duration), args.connections, lua)
+            for r in range(args.rounds):
+                for name in rotated(list(runs), r):
+                    variant, scrape = runs[name]
+                    run = closed_loop(
+                        servers[variant], scrape, args.duration, args.connections, lua
+                    )
+                    results[name].append(run)
+                    progress(f"round {r + 1}/{args.rounds} {name:<21} {run.rps:8.0f} req/s "
+                             f"p99 {run.p99_ms:6.2f} ms {run.cpu_us:6.1f} µs/req")  # fmt: skip
+            rate = args.rate or round(median([x.rps for x in results["noop"]]) / 2, -1)
+            for r in range(args.rounds):
+                for name in rotated(list(FIXED_LOAD_VARIANTS), r):
+                    o = open_loop(servers[name], body, rate, args.duration, args.connections)
+                    fixed[name].append(o)
+                    progress(f"round {r + 1}/{args.rounds} fixed {rate:.0f} req/s {name:<9} "
+                             f"p50 {o.p50_ms:6.2f} ms p99 {o.p99_ms:6.2f} ms")  # fmt: skip
+        finally:
+            stop_servers(list(servers.values()))
+    report(args, results, fixed, rate, notes)
+
+
+def source_state() -> str:
+    """Which sidecar code was measured: others may be editing it."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    git = ["git", "-C", repo]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run([*git, "status", "--porcelain", "sidecar"], capture_output=True,
+                               text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "sidecar: not a git checkout"
+    return f"sidecar: git {head}" + (" with uncommitted changes in sidecar/" if dirty else "")
+
+
+def report(
+    args: argparse.Namespace,
+    results: dict[str, list[Run]],
+    fixed: dict[str, list[OpenRun]],
+    rate: float,
+    notes: list[str],
+) -> None:
+    http, loop = server_stack()
+    noop_rps = [x.rps for x in results["noop"]]
+    print("$ " + shlex.join(["python", "bench/serving_load.py", *sys.argv[1:]]))
+    print(
+        f"closed loop: wrk -t1 -c{args.connections}, {args.duration:g} s per run, median of "
+        f"{args.rounds} interleaved rounds; uvicorn 1 worker, --http {http}, --loop {loop}; "
+        "server on core 0, load on core 1"
+    )
+    print(source_state())
+    print()
+    rows = []
+    for name, runs in results.items():
+        scrapes = [ms for x in runs for ms in x.scrape_ms]
+        rows.append([
+            name,
+            f"{median([x.rps for x in runs]):,.0f}",
+            f"{paired_ratio([x.rps for x in runs], noop_rps):.3f}",
+            f"{median([x.p50_ms for x in runs]):.2f}",
+            f"{median([x.p99_ms for x in runs]):.2f}",
+            f"{median([x.cpu_us for x in runs]):.1f}",
+            f"{median([x.off_loop_us for x in runs]):.1f}",
+            fmt(median([x.checked for x in runs]), ".1%"),
+            fmt(median([x.per_batch for x in runs]), ".1f"),
+            f"{median(scrapes):.1f} / {max(scrapes):.1f}" if scrapes else "",
+            str(sum(x.errors for x in runs)),
+        ])  # fmt: skip
+    header = ["variant", "req/s (median)", "ratio vs noop", "p50 ms", "p99 ms", "CPU µs/req"]
+    extra = ["off-loop µs/req", "checked", "samples/batch", "scrape ms med/max", "errors"]
+    print(table(header + extra, rows))
+    print()
+    print(
+        f"fixed offered load (open loop, {args.connections} connections, latency from the "
+        f"scheduled send time): {rate:,.0f} req/s, about half the noop's capacity"
+    )
+    print()
+    noop_p99 = [x.p99_ms for x in fixed["noop"]]
+    rows = [
+        [
+            name,
+            f"{rate:,.0f}",
+            f"{median([x.achieved for x in runs]):,.0f}",
+            f"{median([x.p50_ms for x in runs]):.2f}",
+            f"{median([x.p99_ms for x in runs]):.2f}",
+            f"{paired_ratio([x.p99_ms for x in runs], noop_p99):.3f}",
+            f"{median([x.lag_p99_ms for x in runs]):.2f}",
+            str(sum(x.missing for x in runs)),
+        ]
+        for name, runs in fixed.items()
+    ]
+    header = ["variant", "offered req/s", "achieved req/s", "p50 ms", "p99 ms", "p99 vs noop"]
+    print(table(header + ["sender lag p99 ms", "missing"], rows))
+    print()
+    print("goals (medians of per-round ratios against noop):")
+    skew_rps = [x.rps for x in results["skew-1.0"]]
+    print(goal("skew-1.0 req/s vs noop", paired_ratio(skew_rps, noop_rps), 0.95, True))
+    skew_rps = [x.rps for x in results["skew-0.1"]]
+    print(goal("skew-0.1 req/s vs noop", paired_ratio(skew_rps, noop_rps), 0.99, True))
+    skew_p99 = paired_ratio([x.p99_ms for x in fixed["skew-1.0"]], noop_p99)
+    print(goal("skew-1.0 p99 at fixed load vs noop", skew_p99, 1.10, False))
+    print()
+    print("server: " + shlex.join(uvicorn_command(0)).replace("--port 0", "--port PORT"))
+    print("load:   " + shlex.join(wrk_command(0, args.duration, args.connections, "post.lua")))
+    print(
+        "CPU µs/req: utime+stime of the server process from just before the run until it "
+        "is idle again (a sample backlog drained after the run counts), over requests "
+        "completed; off-loop: the part spent in threads other than the event loop's "
+        "(monitor worker, metrics rendering). checked: request rows checked / requests; "
+        "samples/batch: samples per worker batch. sender lag: the open-loop generator's "
+        "own lateness, subtracted from its latencies."
+    )
+    for note in notes:
+        print("note: " + note)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:  # the servers are already stopped
+        sys.exit(130)

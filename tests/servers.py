@@ -1,0 +1,69 @@
+"""Serve ASGI apps over real HTTP: uvicorn on loopback, in a background thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import uvicorn
+from starlette.types import ASGIApp
+
+START_TIMEOUT = 5.0
+STOP_TIMEOUT = 10.0
+
+
+@contextmanager
+def serve(app: ASGIApp) -> Iterator[str]:
+    """Run `app` with uvicorn on 127.0.0.1 and a free port; yield its base URL.
+
+    The lifespan runs: the block starts after startup completes, and leaving it
+    closes the connections, runs the lifespan shutdown and joins the thread.
+    """
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,  # the kernel picks a free port; read back from the listening socket
+        lifespan="on",
+        log_level="warning",
+        # No handlers of uvicorn's own: records propagate to pytest's log capture
+        # instead of a stream bound to one test's captured stderr.
+        log_config=None,
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    exit_codes: list[object] = []
+
+    def run() -> None:
+        try:
+            server.run()
+        except SystemExit as exc:  # uvicorn's way out of a failed startup
+            exit_codes.append(exc.code)
+
+    thread = threading.Thread(target=run, name="uvicorn-test", daemon=True)
+    thread.start()
+    try:
+        if not eventually(lambda: server.started or not thread.is_alive(), START_TIMEOUT):
+            raise RuntimeError(f"uvicorn did not start within {START_TIMEOUT} s")
+        if not server.started:
+            raise RuntimeError(
+                f"uvicorn exited during startup with {exit_codes} (see the captured log)"
+            )
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(STOP_TIMEOUT)
+    if thread.is_alive():
+        raise RuntimeError(f"uvicorn did not shut down within {STOP_TIMEOUT} s")
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll `condition` until it holds (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
