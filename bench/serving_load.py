@@ -17,14 +17,15 @@ medians; ratios are medians of per-round ratios against the no-op middleware.
   skew-1.0+scrape-prom  the same with prometheus_client's make_asgi_app (renders on
                         the event loop)
 
-Then a fixed offered load (open loop, half the no-op's measured capacity) for noop and
-the three SkewMiddleware variants, with latency measured from each request's scheduled
-send time, so queueing shows as latency. wrk is closed-loop and Debian has no wrk2
-(`wrk -R`), so the open loop is a small asyncio generator here.
+Then a fixed offered load (open loop, half the no-op's measured req/s) for noop and the
+SkewMiddleware runs, with latency measured from each request's scheduled send time, so
+queueing shows as latency. wrk is closed-loop and Debian has no wrk2 (`wrk -R`), so the
+open loop is a small asyncio generator in this script (on core 1).
 
-Besides req/s, p50/p99 and server CPU per request, the skew rows show the CPU spent off
+Besides req/s, latency and server CPU per request, the skew rows show the CPU spent off
 the event loop (the monitor's worker thread), the share of requests checked and the
-samples per worker batch, read from the app's own /metrics between runs.
+samples per worker batch, read from the app's own /metrics between runs. CPU per request
+is the steadier capacity measure when other processes share the machine.
 
     apt-get update && apt-get install -y wrk      # the load generator
     pip install starlette_exporter                # optional: the peer variant
@@ -51,8 +52,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -61,7 +63,14 @@ BASELINE_ENV = "SERVING_LOAD_BASELINE"
 NUMERIC = 24
 CATEGORICAL = 8
 SERVER_VARIANTS = ("bare", "noop", "skew-0.1", "skew-1.0", "skew-all", "exporter")
-SKEW_OPTIONS: dict[str, dict[str, float]] = {
+
+
+class SkewOptions(TypedDict, total=False):
+    sample_rate: float
+    max_samples_per_second: float
+
+
+SKEW_OPTIONS: dict[str, SkewOptions] = {
     "skew-0.1": {"sample_rate": 0.1},
     "skew-1.0": {"sample_rate": 1.0},
     "skew-all": {"sample_rate": 1.0, "max_samples_per_second": 1e9},
@@ -72,7 +81,9 @@ RUNS: dict[str, tuple[str, str | None]] = {
     "skew-1.0+scrape": ("skew-1.0", "/metrics/"),
     "skew-1.0+scrape-prom": ("skew-1.0", "/metrics-prom/"),
 }
-FIXED_LOAD_VARIANTS = ("noop", "skew-0.1", "skew-1.0", "skew-all")
+FIXED_LOAD_RUNS = (
+    "noop", "skew-0.1", "skew-1.0", "skew-all", "skew-1.0+scrape", "skew-1.0+scrape-prom",
+)  # fmt: skip
 
 
 # -- the served apps (imported by uvicorn in the child processes) ------------------------
@@ -128,8 +139,10 @@ def build_app(variant: str, baseline_path: str) -> ASGIApp:
         registry = CollectorRegistry()
         routes.append(Mount("/metrics", metrics_app(registry)))
         routes.append(Mount("/metrics-prom", make_asgi_app(registry)))
-        options = {"baseline": baseline_path, "registry": registry, **SKEW_OPTIONS[variant]}
-        middleware.append(Middleware(SkewMiddleware, **options))
+        options = SKEW_OPTIONS[variant]
+        middleware.append(
+            Middleware(SkewMiddleware, baseline=baseline_path, registry=registry, **options)
+        )
     elif variant != "bare":
         raise ValueError(f"unknown variant {variant!r}; expected one of {SERVER_VARIANTS}")
     return Starlette(routes=routes, middleware=middleware)
@@ -306,6 +319,27 @@ def wait_idle(pid: int, timeout: float = 30.0) -> None:
         last = now
 
 
+def load_snapshot(pid: int) -> tuple[float, ...]:
+    """Busy and total jiffies of cores 0 and 1, the server's CPU ticks, and this script's
+    own (with waited-for children such as wrk)."""
+    cores: dict[str, tuple[int, int]] = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *values = line.split()
+            if name in ("cpu0", "cpu1"):
+                v = [int(x) for x in values[:8]]  # user nice system idle iowait irq softirq steal
+                cores[name] = (sum(v) - v[3] - v[4], sum(v))
+    t = os.times()
+    ours = (t.user + t.system + t.children_user + t.children_system) * os.sysconf("SC_CLK_TCK")
+    return (*cores["cpu0"], *cores["cpu1"], cpu_ticks(pid)[0], ours)
+
+
+def other_load(before: tuple[float, ...], after: tuple[float, ...]) -> tuple[float, float]:
+    """Shares of cores 0 and 1 taken by other processes during a run: machine noise."""
+    busy0, total0, busy1, total1, server, ours = (a - b for a, b in zip(after, before, strict=True))
+    return max(0.0, busy0 - server) / max(1.0, total0), max(0.0, busy1 - ours) / max(1.0, total1)
+
+
 def skew_counters(port: int) -> dict[str, float]:
     """Rows checked, requests sampled and batches the worker processed, so far."""
     text = get(port, "/metrics/").decode()
@@ -326,13 +360,15 @@ class Run:
     rps: float
     p50_ms: float
     p99_ms: float
-    cpu_us: float
-    off_loop_us: float  # CPU of the threads other than the event loop's
+    p999_ms: float
     requests: int
     errors: int
+    cpu_us: float = math.nan
+    off_loop_us: float = math.nan  # CPU of the threads other than the event loop's
     checked: float = math.nan  # request rows checked / requests, for the skew variants
     per_batch: float = math.nan  # samples per worker batch, for the skew variants
     scrape_ms: list[float] = field(default_factory=list)
+    other: tuple[float, float] = (0.0, 0.0)  # other processes' share of cores 0 and 1
 
 
 def write_lua(path: str, body: bytes) -> None:
@@ -340,6 +376,10 @@ def write_lua(path: str, body: bytes) -> None:
         f.write('wrk.method = "POST"\n')
         f.write(f"wrk.body = [==[{body.decode()}]==]\n")
         f.write('wrk.headers["Content-Type"] = "application/json"\n')
+        # --latency prints up to p99; scrapes once a second stall well under 1 % of requests.
+        f.write("done = function(summary, latency, requests)\n")
+        f.write('  io.write(string.format("p99.9 %.0fus\\n", latency:percentile(99.9)))\n')
+        f.write("end\n")
 
 
 def wrk_command(port: int, duration: float, connections: int, lua: str) -> list[str]:
@@ -353,16 +393,22 @@ def to_ms(value: str, unit: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
 
 
-def parse_wrk(out: str) -> tuple[float, float, float, int, int]:
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+def parse_wrk(out: str) -> Run:
+    """req/s, requests, errors and p50/p99/p99.9 from wrk --latency and our done()."""
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    requests = re.search(r"(\d+) requests in", out)
     pct = {
-        p: to_ms(v, u) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s|m)$", out, re.M)
+        p: to_ms(v, u)
+        for p, v, u in re.findall(r"^\s*(50|99|p99\.9)%?\s+([\d.]+)(us|ms|s|m)$", out, re.M)
     }
+    if rps is None or requests is None or len(pct) != 3:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors += int(non2xx.group(1)) if non2xx else 0
-    return rps, pct["50"], pct["99"], requests, errors
+    return Run(
+        float(rps.group(1)), pct["50"], pct["99"], pct["p99.9"], int(requests.group(1)), errors
+    )
 
 
 class Scraper(threading.Thread):
@@ -386,6 +432,19 @@ class Scraper(threading.Thread):
             self.stopping.wait(max(0.0, 1.0 - (time.perf_counter() - started)))
 
 
+@contextlib.contextmanager
+def scraping(port: int, path: str | None) -> Iterator[Scraper | None]:
+    scraper = Scraper(port, path) if path else None
+    if scraper:
+        scraper.start()
+    try:
+        yield scraper
+    finally:
+        if scraper:
+            scraper.stopping.set()
+            scraper.join(15)
+
+
 def closed_loop(
     server: Server, scrape: str | None, duration: float, connections: int, lua: str
 ) -> Run:
@@ -393,28 +452,24 @@ def closed_loop(
     skew = server.variant in SKEW_OPTIONS
     wait_idle(pid)
     before = skew_counters(server.port) if skew else {}
-    scraper = Scraper(server.port, scrape) if scrape else None
     ticks = cpu_ticks(pid)
-    if scraper:
-        scraper.start()
-    try:
-        cmd = wrk_command(server.port, duration, connections, lua)
+    cmd = wrk_command(server.port, duration, connections, lua)
+    snapshot = load_snapshot(pid)
+    with scraping(server.port, scrape) as scraper:
         out = subprocess.run(
             cmd, capture_output=True, text=True, check=True, timeout=duration + 30
         ).stdout
-    finally:
-        if scraper:
-            scraper.stopping.set()
-            scraper.join(15)
+    other = other_load(snapshot, load_snapshot(pid))
     wait_idle(pid)  # a backlog drained after the run is part of the cost
     after = cpu_ticks(pid)
-    rps, p50, p99, requests, errors = parse_wrk(out)
-    us_per_tick = 1e6 / os.sysconf("SC_CLK_TCK") / max(1, requests)
-    total, loop = ((a - b) * us_per_tick for a, b in zip(after, ticks, strict=True))
-    run = Run(rps, p50, p99, total, total - loop, requests, errors)
+    run = parse_wrk(out)
+    us_per_tick = 1e6 / os.sysconf("SC_CLK_TCK") / max(1, run.requests)
+    run.cpu_us, loop = ((a - b) * us_per_tick for a, b in zip(after, ticks, strict=True))
+    run.off_loop_us = run.cpu_us - loop
+    run.other = other
     if skew:
         d = {k: v - before[k] for k, v in skew_counters(server.port).items()}
-        run.checked = d["skew_rows_checked_total"] / max(1, requests)
+        run.checked = d["skew_rows_checked_total"] / max(1, run.requests)
         run.per_batch = d["skew_requests_sampled_total"] / max(1.0, d["batches"])
     if scraper:
         run.scrape_ms = scraper.durations_ms
@@ -430,19 +485,23 @@ class OpenRun:
     achieved: float
     p50_ms: float
     p99_ms: float
+    p999_ms: float
     lag_p99_ms: float  # the generator's own lateness, subtracted from each latency
     missing: int  # scheduled but not completed (errors, or not done in time)
+    scrape_ms: list[float] = field(default_factory=list)
+    other: tuple[float, float] = (0.0, 0.0)  # other processes' share of cores 0 and 1
 
 
 async def _open_loop(
-    port: int, body: bytes, rate: float, duration: float, connections: int
+    port: int, body: bytes, rate: float, duration: float, connections: int, warmup: float
 ) -> OpenRun:
     """wrk2's model: each connection sends on its own schedule of rate/connections a
     second, so a slow response delays the next sends and the wait counts as latency.
 
     Latency runs from the scheduled send time, less the generator's own lateness in
     sending on a free connection (asyncio timers fire up to ~1 ms late): that part is
-    the client's, not the server's.
+    the client's, not the server's. Requests scheduled in the first `warmup` seconds
+    are not recorded: the steady state, not the start of traffic after an idle server.
     """
     request = (
         f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
@@ -453,7 +512,8 @@ async def _open_loop(
     latencies: list[float] = []
     lags: list[float] = []
     start = clock() + 0.1
-    end = start + duration
+    recorded = start + warmup
+    end = recorded + duration
     interval = connections / rate
     last_done = start
 
@@ -471,8 +531,8 @@ async def _open_loop(
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
                 await reader.readexactly(int(length.group(1)) if length else 0)
-                free = last_done = max(last_done, clock())
-                if head.startswith(b"HTTP/1.1 200"):
+                free = last_done = clock()
+                if scheduled >= recorded and head.startswith(b"HTTP/1.1 200"):
                     latencies.append(free - scheduled - lag)
                     lags.append(lag)
                 scheduled += interval
@@ -485,23 +545,37 @@ async def _open_loop(
             task.cancel()
         for _, writer in streams:
             writer.close()
-    expected = sum(math.ceil((duration - c / rate) / interval) for c in range(connections))
+    expected = 0
+    for c in range(connections):  # the same schedule, with the same float steps
+        scheduled = start + c / rate
+        while scheduled < end:
+            expected += scheduled >= recorded
+            scheduled += interval
     ms = sorted(x * 1e3 for x in latencies) or [math.nan]
     lag_ms = sorted(x * 1e3 for x in lags) or [math.nan]
     return OpenRun(
-        achieved=len(latencies) / max(duration, last_done - start),
+        achieved=len(latencies) / max(duration, last_done - recorded),
         p50_ms=ms[len(ms) // 2],
         p99_ms=ms[int(len(ms) * 0.99)],
+        p999_ms=ms[int(len(ms) * 0.999)],
         lag_p99_ms=lag_ms[int(len(lag_ms) * 0.99)],
         missing=max(0, expected - len(latencies)),
     )
 
 
 def open_loop(
-    server: Server, body: bytes, rate: float, duration: float, connections: int
+    server: Server, scrape: str | None, body: bytes, rate: float, duration: float, connections: int
 ) -> OpenRun:
     wait_idle(server.process.pid)
-    return asyncio.run(_open_loop(server.port, body, rate, duration, connections))
+    warmup = min(2.0, duration / 2)
+    snapshot = load_snapshot(server.process.pid)
+    with scraping(server.port, scrape) as scraper:
+        run = asyncio.run(_open_loop(server.port, body, rate, duration, connections, warmup))
+    run.other = other_load(snapshot, load_snapshot(server.process.pid))
+    if scraper:
+        run.scrape_ms = scraper.durations_ms
+        run.missing += scraper.failures
+    return run
 
 
 # -- the report ----------------------------------------------------------------------------
@@ -533,10 +607,16 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), rule, *(line(row) for row in rows)])
 
 
-def goal(label: str, value: float, target: float, higher_is_better: bool) -> str:
+def goal(label: str, value: float, target: float, higher_is_better: bool, extra: str = "") -> str:
     met = value >= target if higher_is_better else value <= target
     sign = ">=" if higher_is_better else "<="
-    return f"- {label}: {value:.3f}x (goal {sign} {target:.2f}x): {'met' if met else 'MISSED'}"
+    verdict = "met" if met else "MISSED"
+    return f"- {label}: {value:.3f}x{extra} (goal {sign} {target:.2f}x): {verdict}"
+
+
+def noise(runs: list[Run] | list[OpenRun]) -> str:
+    """The worst round's share of each core taken by other processes."""
+    return "/".join(f"{max(x.other[i] for x in runs):.0%}".rstrip("%") for i in (0, 1))
 
 
 def fmt(value: float, spec: str) -> str:
@@ -572,7 +652,7 @@ def main() -> None:
     body = request_body()
     servers: dict[str, Server] = {}
     results: dict[str, list[Run]] = {name: [] for name in runs}
-    fixed: dict[str, list[OpenRun]] = {name: [] for name in FIXED_LOAD_VARIANTS}
+    fixed: dict[str, list[OpenRun]] = {name: [] for name in FIXED_LOAD_RUNS}
     with tempfile.TemporaryDirectory(prefix="serving_load-") as tmp:
         baseline_path = os.path.join(tmp, "baseline.json")
         lua = os.path.join(tmp, "post.lua")
@@ -596,10 +676,12 @@ def main() -> None:
                              f"p99 {run.p99_ms:6.2f} ms {run.cpu_us:6.1f} µs/req")  # fmt: skip
             rate = args.rate or round(median([x.rps for x in results["noop"]]) / 2, -1)
             for r in range(args.rounds):
-                for name in rotated(list(FIXED_LOAD_VARIANTS), r):
-                    o = open_loop(servers[name], body, rate, args.duration, args.connections)
+                for name in rotated(list(FIXED_LOAD_RUNS), r):
+                    variant, scrape = RUNS[name]
+                    o = open_loop(servers[variant], scrape, body, rate, args.duration,
+                                  args.connections)  # fmt: skip
                     fixed[name].append(o)
-                    progress(f"round {r + 1}/{args.rounds} fixed {rate:.0f} req/s {name:<9} "
+                    progress(f"round {r + 1}/{args.rounds} {rate:.0f} req/s {name:<21} "
                              f"p50 {o.p50_ms:6.2f} ms p99 {o.p99_ms:6.2f} ms")  # fmt: skip
         finally:
             stop_servers(list(servers.values()))
@@ -628,7 +710,7 @@ def report(
     notes: list[str],
 ) -> None:
     http, loop = server_stack()
-    noop_rps = [x.rps for x in results["noop"]]
+    noop, noop_fixed = results["noop"], fixed["noop"]
     print("$ " + shlex.join(["python", "bench/serving_load.py", *sys.argv[1:]]))
     print(
         f"closed loop: wrk -t1 -c{args.connections}, {args.duration:g} s per run, median of "
@@ -643,62 +725,76 @@ def report(
         rows.append([
             name,
             f"{median([x.rps for x in runs]):,.0f}",
-            f"{paired_ratio([x.rps for x in runs], noop_rps):.3f}",
+            f"{paired_ratio([x.rps for x in runs], [x.rps for x in noop]):.3f}",
+            f"{paired_ratio([x.cpu_us for x in noop], [x.cpu_us for x in runs]):.3f}",
             f"{median([x.p50_ms for x in runs]):.2f}",
             f"{median([x.p99_ms for x in runs]):.2f}",
+            f"{median([x.p999_ms for x in runs]):.2f}",
             f"{median([x.cpu_us for x in runs]):.1f}",
             f"{median([x.off_loop_us for x in runs]):.1f}",
             fmt(median([x.checked for x in runs]), ".1%"),
             fmt(median([x.per_batch for x in runs]), ".1f"),
-            f"{median(scrapes):.1f} / {max(scrapes):.1f}" if scrapes else "",
+            f"{median(scrapes):.0f} / {max(scrapes):.0f}" if scrapes else "",
+            noise(runs),
             str(sum(x.errors for x in runs)),
         ])  # fmt: skip
-    header = ["variant", "req/s (median)", "ratio vs noop", "p50 ms", "p99 ms", "CPU µs/req"]
-    extra = ["off-loop µs/req", "checked", "samples/batch", "scrape ms med/max", "errors"]
-    print(table(header + extra, rows))
+    header = ["variant", "req/s (median)", "ratio vs noop", "CPU ratio", "p50 ms", "p99 ms"]
+    header += ["p99.9 ms", "CPU µs/req", "off-loop µs/req", "checked", "samples/batch"]
+    print(table([*header, "scrape ms med/max", "other load % c0/c1", "errors"], rows))
     print()
     print(
-        f"fixed offered load (open loop, {args.connections} connections, latency from the "
-        f"scheduled send time): {rate:,.0f} req/s, about half the noop's capacity"
+        f"fixed offered load: {rate:,.0f} req/s (about half the noop's capacity), open loop "
+        f"on {args.connections} connections, latency from the scheduled send time"
     )
     print()
-    noop_p99 = [x.p99_ms for x in fixed["noop"]]
-    rows = [
-        [
+    rows = []
+    for name, open_runs in fixed.items():
+        scrapes = [ms for x in open_runs for ms in x.scrape_ms]
+        rows.append([
             name,
-            f"{rate:,.0f}",
-            f"{median([x.achieved for x in runs]):,.0f}",
-            f"{median([x.p50_ms for x in runs]):.2f}",
-            f"{median([x.p99_ms for x in runs]):.2f}",
-            f"{paired_ratio([x.p99_ms for x in runs], noop_p99):.3f}",
-            f"{median([x.lag_p99_ms for x in runs]):.2f}",
-            str(sum(x.missing for x in runs)),
-        ]
-        for name, runs in fixed.items()
-    ]
-    header = ["variant", "offered req/s", "achieved req/s", "p50 ms", "p99 ms", "p99 vs noop"]
-    print(table(header + ["sender lag p99 ms", "missing"], rows))
+            f"{median([x.achieved for x in open_runs]):,.0f}",
+            f"{median([x.p50_ms for x in open_runs]):.2f}",
+            f"{median([x.p99_ms for x in open_runs]):.2f}",
+            f"{paired_ratio([x.p99_ms for x in open_runs], [x.p99_ms for x in noop_fixed]):.3f}",
+            f"{median([x.p999_ms for x in open_runs]):.2f}",
+            f"{median([x.lag_p99_ms for x in open_runs]):.2f}",
+            f"{median(scrapes):.0f} / {max(scrapes):.0f}" if scrapes else "",
+            noise(open_runs),
+            str(sum(x.missing for x in open_runs)),
+        ])  # fmt: skip
+    header = ["variant", "achieved req/s", "p50 ms", "p99 ms", "p99 vs noop", "p99.9 ms"]
+    header += ["sender lag p99 ms", "scrape ms med/max", "other load % c0/c1", "missing"]
+    print(table(header, rows))
     print()
+
+    def ratio(name: str, key: str, runs: dict[str, list[Any]], base: list[Any]) -> float:
+        return paired_ratio([getattr(x, key) for x in runs[name]], [getattr(x, key) for x in base])
+
     print("goals (medians of per-round ratios against noop):")
-    skew_rps = [x.rps for x in results["skew-1.0"]]
-    print(goal("skew-1.0 req/s vs noop", paired_ratio(skew_rps, noop_rps), 0.95, True))
-    skew_rps = [x.rps for x in results["skew-0.1"]]
-    print(goal("skew-0.1 req/s vs noop", paired_ratio(skew_rps, noop_rps), 0.99, True))
-    skew_p99 = paired_ratio([x.p99_ms for x in fixed["skew-1.0"]], noop_p99)
-    print(goal("skew-1.0 p99 at fixed load vs noop", skew_p99, 1.10, False))
+    for name, target in (("skew-1.0", 0.95), ("skew-0.1", 0.99)):
+        cpu = f" (CPU ratio {1 / ratio(name, 'cpu_us', results, noop):.3f}x)"
+        print(goal(f"{name} req/s vs noop", ratio(name, "rps", results, noop), target, True, cpu))
+    p99 = ratio("skew-1.0", "p99_ms", fixed, noop_fixed)
+    print(goal("skew-1.0 p99 at fixed load vs noop", p99, 1.10, False))
     print()
     print("server: " + shlex.join(uvicorn_command(0)).replace("--port 0", "--port PORT"))
     print("load:   " + shlex.join(wrk_command(0, args.duration, args.connections, "post.lua")))
-    print(
-        "CPU µs/req: utime+stime of the server process from just before the run until it "
-        "is idle again (a sample backlog drained after the run counts), over requests "
-        "completed; off-loop: the part spent in threads other than the event loop's "
-        "(monitor worker, metrics rendering). checked: request rows checked / requests; "
-        "samples/batch: samples per worker batch. sender lag: the open-loop generator's "
-        "own lateness, subtracted from its latencies."
-    )
+    print(LEGEND)
     for note in notes:
         print("note: " + note)
+
+
+LEGEND = """
+CPU µs/req: utime+stime of the server process (all threads) from just before the run
+  until it is idle again (a sample backlog drained after the run counts), / requests.
+CPU ratio: noop's CPU µs/req / the variant's (capacity on one core; steadier than req/s
+  when other processes share the cores). off-loop: CPU in threads other than the event
+  loop's (the monitor's worker, metrics rendering). checked: request rows checked /
+  requests. samples/batch: samples per worker batch (from skew_monitor_batch_seconds).
+sender lag: the open-loop generator's own lateness, subtracted from its latencies.
+missing: fixed-load requests scheduled but not completed, and failed scrapes.
+other load: the worst round's share of core 0 (server) / core 1 (load) used by other
+  processes on the machine; a large one means that round was disturbed."""
 
 
 if __name__ == "__main__":

@@ -140,10 +140,21 @@ class WindowReport:
         }
 
 
-def build_report(window: Window, baseline: Baseline, rule: DriftRule | None = None) -> WindowReport:
+def build_report(
+    window: Window,
+    baseline: Baseline,
+    rule: DriftRule | None = None,
+    *,
+    baseline_hash: str | None = None,
+    measures: bool = True,
+) -> WindowReport:
+    """Per-feature counts, bins and (unless measures=False) measures and verdicts.
+
+    Pass `baseline_hash` when it is known: hashing a baseline serialises all of it.
+    """
     rule = rule or DriftRule()
     features = {
-        name: _feature_report(feature, window.features[name], window.rows, rule)
+        name: _feature_report(feature, window.features[name], window.rows, rule, measures)
         for name, feature in baseline.features.items()
         if name in window.features
     }
@@ -151,14 +162,14 @@ def build_report(window: Window, baseline: Baseline, rule: DriftRule | None = No
         rows=window.rows,
         rejected_rows=window.rejected_rows,
         unknown_features=window.unknown_features,
-        baseline_hash=baseline.baseline_hash,
+        baseline_hash=baseline_hash or baseline.baseline_hash,
         min_rows=rule.min_rows,
         features=features,
     )
 
 
 def _feature_report(
-    feature: Feature, w: FeatureWindow, rows: int, rule: DriftRule
+    feature: Feature, w: FeatureWindow, rows: int, rule: DriftRule, measures: bool = True
 ) -> FeatureReport:
     stats = feature.stats
     counts = dict(
@@ -183,8 +194,14 @@ def _feature_report(
         measured = _timestamp_measures(stats, w)
     else:
         measured = _list_measures(stats, w)
-    measured.update(_verdict(measured, rows, rule))
+    if measures:
+        measured.update(_verdict(measured, rows, rule))
+    else:  # counts and bins only (running totals for counters)
+        measured = {k: v for k, v in measured.items() if k in _BIN_FIELDS}
     return FeatureReport(**counts, **measured)  # type: ignore[arg-type]
+
+
+_BIN_FIELDS = ("bin_labels", "bin_counts", "baseline_fractions")
 
 
 def _distribution(

@@ -150,6 +150,8 @@ class Monitor:
         registry: CollectorRegistry | None = REGISTRY,
         batch_rows: int = 128,  # ~0.4 ms of checking between GIL hand-backs
         max_decompressed_bytes: int = 8 << 20,
+        flush_seconds: float = 0.1,
+        wake_samples: int = 256,
         export_bins: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -158,6 +160,7 @@ class Monitor:
         if not window_seconds > 0:
             raise ValueError(f"window_seconds must be positive, got {window_seconds}")
         self.baseline = baseline
+        self.baseline_hash = baseline.baseline_hash  # hashing serialises the baseline: once
         self.model = model
         self.queue_size = queue_size
         self.window_seconds = window_seconds
@@ -165,6 +168,8 @@ class Monitor:
         self.extractor = extractor
         self.batch_rows = batch_rows
         self.max_decompressed_bytes = max_decompressed_bytes
+        self.flush_seconds = flush_seconds  # the longest a sample waits to be checked
+        self.wake_samples = wake_samples
         self.export_bins = export_bins
         self.clock = clock
         self.counts = _Counts()
@@ -197,7 +202,10 @@ class Monitor:
             return False
         self._queue.append(sample)
         self.counts.sampled += 1
-        if not self._wakeup.is_set():
+        # Wake the worker only for a full batch: waking it per sample costs a thread
+        # switch per request and leaves numpy with batches of one row. Otherwise it
+        # wakes on its own every flush_seconds.
+        if len(self._queue) >= self.wake_samples and not self._wakeup.is_set():
             self._wakeup.set()
         return True
 
@@ -249,7 +257,7 @@ class Monitor:
                     return
                 if self.clock() >= self._deadline:
                     self.close_window(final=False)
-                timeout = max(0.0, min(0.5, self._deadline - self.clock()))
+                timeout = max(0.0, min(self.flush_seconds, self._deadline - self.clock()))
                 self._wakeup.wait(timeout)
                 self._wakeup.clear()
             except Exception:  # the thread must outlive any bug in one batch
@@ -353,7 +361,7 @@ class Monitor:
                     total.add(window)
                 if windows[0].rows or windows[1].rows:
                     self._last = [
-                        build_report(w, self.baseline, self.rule)
+                        build_report(w, self.baseline, self.rule, baseline_hash=self.baseline_hash)
                         for w in windows[: 2 if self.checks_responses else 1]
                     ]
                     self._windows += 1
@@ -380,12 +388,20 @@ class Monitor:
                 running = Window(engine.checkers)
                 running.add(total)
                 running.add(engine.window)
-                totals.append(build_report(running, self.baseline, self.rule))
+                totals.append(
+                    build_report(
+                        running,
+                        self.baseline,
+                        self.rule,
+                        baseline_hash=self.baseline_hash,
+                        measures=False,
+                    )
+                )
             last = list(self._last)
         c = self.counts
         return MonitorSnapshot(
             model=self.model,
-            baseline_hash=self.baseline.baseline_hash,
+            baseline_hash=self.baseline_hash,
             schema_version=SCHEMA_VERSION,
             totals=totals if self.checks_responses else totals[:1],
             last_window=last,

@@ -471,3 +471,35 @@ def test_excluded_paths_match_with_a_trailing_slash(baseline: Baseline) -> None:
     mw, registry = tap(baseline)
     asyncio.run(request(mw, path="/metrics/", chunks=[body({"x": 1.0})]))
     assert value(registry, "skew_requests_seen_total") == 0
+
+
+def test_without_prediction_columns_requests_are_checked_and_send_is_not_wrapped() -> None:
+    inputs_only = Baseline.from_records([{"x": float(i), "c": "ab"[i % 2]} for i in range(200)])
+    sends: list[Any] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        sends.append(send)
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    registry = CollectorRegistry()
+    mw = SkewMiddleware(app, baseline=inputs_only, model="m", registry=registry)
+    _created.append(mw)
+
+    async def run() -> Any:
+        async def receive() -> Message:
+            return {"type": "http.request", "body": body({"x": 3.0, "c": "a"})}
+
+        async def send(message: Message) -> None:
+            pass
+
+        scope = {"type": "http", "method": "POST", "path": "/p", "headers": []}
+        await mw(scope, receive, send)
+        return send
+
+    client_send = asyncio.run(run())
+    mw.monitor.stop()
+    assert sends == [client_send]
+    assert value(registry, "skew_rows_checked_total") == 1
