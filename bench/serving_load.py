@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import http.client
 import importlib.util
 import math
@@ -52,9 +53,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -647,63 +648,125 @@ def main() -> None:
     runs = dict(RUNS)
     if importlib.util.find_spec("starlette_exporter") is None:
         del runs["exporter"]
-        notes.append("starlette_exporter is not installed: variant skipped "
-                     "(pip install starlette_exporter)")  # fmt: skip
-    body = request_body()
-    servers: dict[str, Server] = {}
-    results: dict[str, list[Run]] = {name: [] for name in runs}
-    fixed: dict[str, list[OpenRun]] = {name: [] for name in FIXED_LOAD_RUNS}
+        notes.append(
+            "starlette_exporter is not installed: variant skipped (pip install starlette_exporter)"
+        )
+    bench = Bench(args, request_body())
+    measured = source_state()  # what the servers import; others may be committing
     with tempfile.TemporaryDirectory(prefix="serving_load-") as tmp:
-        baseline_path = os.path.join(tmp, "baseline.json")
-        lua = os.path.join(tmp, "post.lua")
-        write_baseline(baseline_path)
-        write_lua(lua, body)
         try:
-            for variant in dict.fromkeys(v for v, _ in runs.values()):
-                servers[variant] = start_server(variant, baseline_path, tmp)
-            for server in servers.values():
-                wait_ready(server, body)
-            for server in servers.values():  # warm-up, not recorded
-                closed_loop(server, None, min(2.0, args.duration), args.connections, lua)
-            for r in range(args.rounds):
-                for name in rotated(list(runs), r):
-                    variant, scrape = runs[name]
-                    run = closed_loop(
-                        servers[variant], scrape, args.duration, args.connections, lua
-                    )
-                    results[name].append(run)
-                    progress(f"round {r + 1}/{args.rounds} {name:<21} {run.rps:8.0f} req/s "
-                             f"p99 {run.p99_ms:6.2f} ms {run.cpu_us:6.1f} µs/req")  # fmt: skip
+            bench.start(tmp, dict.fromkeys(v for v, _ in runs.values()))
+            results = bench.closed_loop(runs)
             rate = args.rate or round(median([x.rps for x in results["noop"]]) / 2, -1)
-            for r in range(args.rounds):
-                for name in rotated(list(FIXED_LOAD_RUNS), r):
-                    variant, scrape = RUNS[name]
-                    o = open_loop(servers[variant], scrape, body, rate, args.duration,
-                                  args.connections)  # fmt: skip
-                    fixed[name].append(o)
-                    progress(f"round {r + 1}/{args.rounds} {rate:.0f} req/s {name:<21} "
-                             f"p50 {o.p50_ms:6.2f} ms p99 {o.p99_ms:6.2f} ms")  # fmt: skip
+            fixed = bench.fixed_load(rate)
         finally:
-            stop_servers(list(servers.values()))
-    report(args, results, fixed, rate, notes)
+            stop_servers(list(bench.servers.values()))
+    if source_state() != measured:
+        notes.append(f"sidecar changed during the run; measured: {measured}, now: {source_state()}")
+    if bench.repeated:
+        repeated = ", ".join(bench.repeated)
+        notes.append(
+            f"repeated because other processes took over {DISTURBED:.0%} of core 0 "
+            f"(the least disturbed attempt kept): {repeated}"
+        )
+    report(args, measured, results, fixed, rate, notes)
+
+
+class Bench:
+    """The servers and the interleaved rounds of both phases."""
+
+    def __init__(self, args: argparse.Namespace, body: bytes) -> None:
+        self.args = args
+        self.body = body
+        self.servers: dict[str, Server] = {}
+        self.lua = ""
+        self.repeated: list[str] = []
+
+    def start(self, tmp: str, variants: Iterable[str]) -> None:
+        baseline_path = os.path.join(tmp, "baseline.json")
+        write_baseline(baseline_path)
+        self.lua = os.path.join(tmp, "post.lua")
+        write_lua(self.lua, self.body)
+        for variant in variants:
+            self.servers[variant] = start_server(variant, baseline_path, tmp)
+        for server in self.servers.values():
+            wait_ready(server, self.body)
+        for server in self.servers.values():  # warm-up, not recorded
+            closed_loop(server, None, min(2.0, self.args.duration), self.args.connections, self.lua)
+
+    def closed_loop(self, runs: dict[str, tuple[str, str | None]]) -> dict[str, list[Run]]:
+        a = self.args
+        results: dict[str, list[Run]] = {name: [] for name in runs}
+        for r in range(a.rounds):
+            for name in rotated(list(runs), r):
+                variant, scrape = runs[name]
+                server = self.servers[variant]
+                measure = functools.partial(
+                    closed_loop, server, scrape, a.duration, a.connections, self.lua
+                )
+                run = self.least_disturbed(measure, f"{name} (round {r + 1})")
+                results[name].append(run)
+                progress(
+                    f"round {r + 1}/{a.rounds} {name:<21} {run.rps:8.0f} req/s "
+                    f"p99 {run.p99_ms:6.2f} ms {run.cpu_us:6.1f} µs/req"
+                )
+        return results
+
+    def fixed_load(self, rate: float) -> dict[str, list[OpenRun]]:
+        a = self.args
+        results: dict[str, list[OpenRun]] = {name: [] for name in FIXED_LOAD_RUNS}
+        for r in range(a.rounds):
+            for name in rotated(list(FIXED_LOAD_RUNS), r):
+                variant, scrape = RUNS[name]
+                server = self.servers[variant]
+                measure = functools.partial(
+                    open_loop, server, scrape, self.body, rate, a.duration, a.connections
+                )
+                run = self.least_disturbed(measure, f"{name} at {rate:.0f} req/s (round {r + 1})")
+                results[name].append(run)
+                progress(
+                    f"round {r + 1}/{a.rounds} {rate:.0f} req/s {name:<21} "
+                    f"p50 {run.p50_ms:6.2f} ms p99 {run.p99_ms:6.2f} ms"
+                )
+        return results
+
+    def least_disturbed(self, measure: Callable[[], AnyRun], label: str) -> AnyRun:
+        """Repeat a run that other processes disturbed (the machine is shared), at most
+        twice; keep the least disturbed attempt."""
+        best = measure()
+        for _ in range(2):
+            if best.other[0] <= DISTURBED:
+                break
+            progress(f"{label}: other processes took {best.other[0]:.0%} of core 0, repeating")
+            self.repeated.append(label)
+            time.sleep(5.0)  # other jobs come in bursts: let this one pass
+            run = measure()
+            best = run if run.other[0] < best.other[0] else best
+        return best
+
+
+DISTURBED = 0.10  # other processes' share of the server's core that spoils a run
+AnyRun = TypeVar("AnyRun", Run, OpenRun)
 
 
 def source_state() -> str:
     """Which sidecar code was measured: others may be editing it."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    git = ["git", "-C", repo]
-    try:
-        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run([*git, "status", "--porcelain", "sidecar"], capture_output=True,
-                               text=True, check=True).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
+
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", "-C", repo, *argv], capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD")
+    if not head:
         return "sidecar: not a git checkout"
+    dirty = git("status", "--porcelain", "sidecar")
     return f"sidecar: git {head}" + (" with uncommitted changes in sidecar/" if dirty else "")
 
 
 def report(
     args: argparse.Namespace,
+    measured: str,
     results: dict[str, list[Run]],
     fixed: dict[str, list[OpenRun]],
     rate: float,
@@ -717,7 +780,7 @@ def report(
         f"{args.rounds} interleaved rounds; uvicorn 1 worker, --http {http}, --loop {loop}; "
         "server on core 0, load on core 1"
     )
-    print(source_state())
+    print(measured)
     print()
     rows = []
     for name, runs in results.items():
