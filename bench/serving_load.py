@@ -1,7 +1,8 @@
 """Serving-path cost of SkewMiddleware over real HTTP: uvicorn on core 0, load on core 1.
 
 Each variant is its own uvicorn process (one worker, no access log) pinned to core 0
-with `taskset -c 0`; wrk (closed loop) and this script are pinned to core 1. Variants
+with `taskset -c 0`; wrk (closed loop) and this script are pinned to core 1. Servers not
+being measured are stopped (SIGSTOP), so only one runs on core 0 at a time. Variants
 run interleaved for several rounds (the order rotates each round) and the tables show
 medians; ratios are medians of per-round ratios against the no-op middleware.
 
@@ -218,10 +219,11 @@ def free_port() -> int:
 
 
 def die_with_parent() -> None:
-    """The server gets SIGTERM if this script dies without cleaning up (e.g. SIGKILL)."""
+    """The server is killed if this script dies without cleaning up (e.g. SIGKILL); SIGKILL
+    because a server may be stopped (SIGSTOP) at that moment."""
     import ctypes
 
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG; survives exec
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG; survives exec
 
 
 def start_server(variant: str, baseline_path: str, log_dir: str) -> Server:
@@ -288,6 +290,7 @@ def wait_ready(server: Server, body: bytes, timeout: float = 60.0) -> None:
 def stop_servers(servers: list[Server]) -> None:
     for server in servers:
         if server.process.poll() is None:
+            server.process.send_signal(signal.SIGCONT)  # a stopped process ignores SIGTERM
             server.process.terminate()
     for server in servers:
         try:
@@ -308,7 +311,7 @@ def cpu_ticks(pid: int) -> tuple[int, int]:
     return ticks[0], ticks[1]
 
 
-def wait_idle(pid: int, timeout: float = 30.0) -> None:
+def wait_idle(pid: int, timeout: float = 15.0) -> None:
     """Until the process is idle: the monitor has drained any backlog of samples."""
     deadline = time.monotonic() + timeout
     idle = 0
@@ -545,7 +548,8 @@ async def _open_loop(
         for task in tasks:
             task.cancel()
         for _, writer in streams:
-            writer.close()
+            writer.transport.abort()  # now: asyncio.run closes the loop before a close() ends
+        await asyncio.sleep(0)
     expected = 0
     for c in range(connections):  # the same schedule, with the same float steps
         scheduled = start + c / rate
@@ -693,6 +697,17 @@ class Bench:
             wait_ready(server, self.body)
         for server in self.servers.values():  # warm-up, not recorded
             closed_loop(server, None, min(2.0, self.args.duration), self.args.connections, self.lua)
+            server.process.send_signal(signal.SIGSTOP)
+
+    @contextlib.contextmanager
+    def only(self, server: Server) -> Iterator[None]:
+        """Only the measured server runs; the others are stopped (SIGSTOP), so nothing
+        they do while idle (timers, a monitor's worker) competes for core 0."""
+        server.process.send_signal(signal.SIGCONT)
+        try:
+            yield
+        finally:
+            server.process.send_signal(signal.SIGSTOP)
 
     def closed_loop(self, runs: dict[str, tuple[str, str | None]]) -> dict[str, list[Run]]:
         a = self.args
@@ -704,7 +719,8 @@ class Bench:
                 measure = functools.partial(
                     closed_loop, server, scrape, a.duration, a.connections, self.lua
                 )
-                run = self.least_disturbed(measure, f"{name} (round {r + 1})")
+                with self.only(server):
+                    run = self.least_disturbed(measure, f"{name} (round {r + 1})")
                 results[name].append(run)
                 progress(
                     f"round {r + 1}/{a.rounds} {name:<21} {run.rps:8.0f} req/s "
@@ -722,7 +738,9 @@ class Bench:
                 measure = functools.partial(
                     open_loop, server, scrape, self.body, rate, a.duration, a.connections
                 )
-                run = self.least_disturbed(measure, f"{name} at {rate:.0f} req/s (round {r + 1})")
+                with self.only(server):
+                    label = f"{name} at {rate:.0f} req/s (round {r + 1})"
+                    run = self.least_disturbed(measure, label)
                 results[name].append(run)
                 progress(
                     f"round {r + 1}/{a.rounds} {rate:.0f} req/s {name:<21} "
