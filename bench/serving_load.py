@@ -666,7 +666,7 @@ def main() -> None:
         finally:
             stop_servers(list(bench.servers.values()))
     if source_state() != measured:
-        notes.append(f"sidecar changed during the run; measured: {measured}, now: {source_state()}")
+        notes.append(f"sidecar/ changed during the run: measured {measured}; now {source_state()}")
     if bench.repeated:
         repeated = ", ".join(bench.repeated)
         notes.append(
@@ -775,11 +775,11 @@ def source_state() -> str:
         done = subprocess.run(["git", "-C", repo, *argv], capture_output=True, text=True)
         return done.stdout.strip() if done.returncode == 0 else ""
 
-    head = git("rev-parse", "--short", "HEAD")
+    head = git("log", "-1", "--format=%h", "--", "sidecar")
     if not head:
         return "sidecar: not a git checkout"
     dirty = git("status", "--porcelain", "sidecar")
-    return f"sidecar: git {head}" + (" with uncommitted changes in sidecar/" if dirty else "")
+    return f"sidecar/ at commit {head}" + (" with uncommitted changes" if dirty else "")
 
 
 def report(
@@ -859,7 +859,8 @@ def report(
     print(goal("skew-1.0 p99 at fixed load vs noop", p99, 1.10, False))
     print()
     print("server: " + shlex.join(uvicorn_command(0)).replace("--port 0", "--port PORT"))
-    print("load:   " + shlex.join(wrk_command(0, args.duration, args.connections, "post.lua")))
+    load = shlex.join(wrk_command(0, args.duration, args.connections, "post.lua"))
+    print("load:   " + load.replace(":0/", ":PORT/"))
     print(LEGEND)
     for note in notes:
         print("note: " + note)

@@ -257,7 +257,12 @@ class Monitor:
                     return
                 if self.clock() >= self._deadline:
                     self.close_window(final=False)
-                timeout = max(0.0, min(self.flush_seconds, self._deadline - self.clock()))
+                remaining = self._deadline - self.clock()
+                # A due window still short of rows is re-checked every flush_seconds;
+                # a zero timeout here would spin the thread at 100% CPU while idle.
+                timeout = (
+                    self.flush_seconds if remaining <= 0 else min(self.flush_seconds, remaining)
+                )
                 self._wakeup.wait(timeout)
                 self._wakeup.clear()
             except Exception:  # the thread must outlive any bug in one batch

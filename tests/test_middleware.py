@@ -503,3 +503,17 @@ def test_without_prediction_columns_requests_are_checked_and_send_is_not_wrapped
     mw.monitor.stop()
     assert sends == [client_send]
     assert value(registry, "skew_rows_checked_total") == 1
+
+
+def test_an_idle_monitor_with_a_short_window_does_not_spin(baseline: Baseline) -> None:
+    from sidecar.worker import Monitor
+
+    monitor = Monitor(baseline, window_seconds=0.05, registry=None, rule=None)
+    monitor.start()
+    for _ in range(3):  # fewer rows than the minimum: the due window keeps being extended
+        monitor.submit(Sample([orjson.dumps({"x": 1.0, "c": "a"})]))
+    before = time.process_time()
+    time.sleep(1.0)
+    used = time.process_time() - before
+    monitor.stop()
+    assert used < 0.3  # a spinning worker burns ~1 s of CPU here
