@@ -7,6 +7,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from . import _fields as f
 from ._fields import BaselineError
 
@@ -44,6 +47,14 @@ class CategoricalStats:
     other_count: int = 0
     top: list[str] = field(default_factory=list)
     fractions: list[float] = field(default_factory=list)
+
+    def bin_of_vocabulary(self) -> npt.NDArray[np.int64]:
+        """Bin of each vocabulary entry (top-K index, else `__other__`), plus a last
+        entry for unseen values, which also fall in `__other__`."""
+        top = {key: i for i, key in enumerate(self.top)}
+        other = len(self.top)
+        bins = [top.get(key, other) for key in self.vocabulary]
+        return np.array([*bins, other], dtype=np.int64)
 
     def update(self, keys: Iterable[str]) -> None:
         before = self.vocabulary.total()

@@ -144,12 +144,8 @@ class CategoricalChecker:
         # Slots: vocabulary..., unseen, null, absent.
         self.index: dict[Any, int] = {key: i for i, key in enumerate(vocabulary)}
         self.unseen_slot = self.size
-        top = {key: i for i, key in enumerate(stats.top)}
-        other = len(stats.top)
-        self.to_bin = np.array(
-            [top.get(key, other) for key in vocabulary] + [other], dtype=np.int64
-        )
-        self.n_bins = other + 1
+        # Bins are derived from the vocabulary counts at report time.
+        self.n_bins = len(stats.top) + 1
         self.value_type = stats.value_type
         if self.value_type == "string":
             self.accepted: frozenset[type] = frozenset({str})

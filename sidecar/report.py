@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from . import measures
-from .baseline import Baseline, Feature
+from .baseline import Baseline, Feature, Stats
 from .categorical import OTHER, CategoricalStats
 from .engine import FeatureWindow, Window
 from .numeric import NumericStats
@@ -172,7 +173,21 @@ def _feature_report(
     feature: Feature, w: FeatureWindow, rows: int, rule: DriftRule, measures: bool = True
 ) -> FeatureReport:
     stats = feature.stats
-    counts = dict(
+    unseen = None
+    if isinstance(stats, CategoricalStats) and stats.vocabulary_complete:
+        unseen = w.unseen
+    bins = _bins(stats, w)
+    fields: dict[str, Any] = {}
+    if bins is not None:
+        fields = {
+            "bin_labels": tuple(bins.labels),
+            "bin_counts": tuple(int(c) for c in bins.current),
+            "baseline_fractions": tuple(float(f) for f in bins.reference / bins.reference.sum()),
+        }
+        if measures:  # running totals for counters need counts and bins only
+            fields.update(_measures(stats, w, bins))
+            fields.update(_verdict(bins, fields.get("psi"), rows, rule))
+    return FeatureReport(
         name=feature.name,
         kind=feature.kind,
         role=feature.role,
@@ -182,73 +197,91 @@ def _feature_report(
         out_of_range_low=w.low,
         out_of_range_high=w.high,
         type_mismatch=w.type_mismatch,
-        unseen_category=None,
+        unseen_category=unseen,
         shape_mismatch=w.shape_mismatch,
+        **fields,
     )
+
+
+@dataclass(frozen=True)
+class _Bins:
+    """A feature's fixed bins: labels, serving counts, training counts."""
+
+    labels: list[str]
+    current: npt.NDArray[np.int64]
+    reference: npt.NDArray[np.float64]
+
+
+def _bins(stats: Stats, w: FeatureWindow) -> _Bins | None:
     if isinstance(stats, NumericStats):
-        measured = _numeric_measures(stats, w)
-    elif isinstance(stats, CategoricalStats):
-        counts["unseen_category"] = w.unseen if stats.vocabulary_complete else None
-        measured = _categorical_measures(stats, w)
-    elif isinstance(stats, TimestampStats):
-        measured = _timestamp_measures(stats, w)
-    else:
-        measured = _list_measures(stats, w)
-    if measures:
-        measured.update(_verdict(measured, rows, rule))
-    else:  # counts and bins only (running totals for counters)
-        measured = {k: v for k, v in measured.items() if k in _BIN_FIELDS}
-    return FeatureReport(**counts, **measured)  # type: ignore[arg-type]
+        return _numeric_bins(stats, w)
+    if isinstance(stats, ListStats):
+        if w.lengths is None:
+            return None
+        bins = _numeric_bins(stats.lengths, w.lengths)
+        if bins is None:
+            return None
+        return _Bins([f"len {label}" for label in bins.labels], bins.current, bins.reference)
+    if not stats.count:
+        return None
+    if isinstance(stats, CategoricalStats):
+        other = len(stats.top)
+        current = np.bincount(
+            stats.bin_of_vocabulary(), weights=w.vocabulary_counts, minlength=other + 1
+        )
+        reference = np.array(stats.fractions) * stats.count
+        return _Bins([*stats.top, OTHER], current.astype(np.int64), reference)
+    labels = [f"{h:02d}h" for h in range(24)]
+    return _Bins(labels, w.bin_counts, np.array(stats.hour_counts, dtype=np.float64))
 
 
-_BIN_FIELDS = ("bin_labels", "bin_counts", "baseline_fractions")
-
-
-def _distribution(
-    labels: list[str], reference_counts: np.ndarray[Any, Any], current: np.ndarray[Any, Any]
-) -> dict[str, Any]:
-    """PSI/JS on fixed bins, plus what the verdict and metrics need."""
-    out: dict[str, Any] = {
-        "bin_labels": tuple(labels),
-        "bin_counts": tuple(int(c) for c in current),
-        "baseline_fractions": tuple(float(r) for r in reference_counts / reference_counts.sum()),
-        "_reference": reference_counts,
-    }
-    if current.sum() > 0 and reference_counts.sum() > 0:
-        out["psi"] = measures.psi(reference_counts, current)
-        out["js_distance"] = measures.js_distance(reference_counts, current)
-    return out
-
-
-def _numeric_measures(stats: NumericStats, w: FeatureWindow) -> dict[str, Any]:
+def _numeric_bins(stats: NumericStats, w: FeatureWindow) -> _Bins | None:
     if stats.bins is None:
-        return {}
+        return None
     fractions = np.array(stats.bins.fractions)
     if stats.discrete:
         current = w.bin_counts
     else:
         current = np.bincount(stats.bucket_bins(), weights=w.grid_counts, minlength=len(fractions))
-    out = _distribution(_numeric_labels(stats), fractions * stats.count, current.astype(np.int64))
+    return _Bins(_numeric_labels(stats), current.astype(np.int64), fractions * stats.count)
+
+
+def _measures(stats: Stats, w: FeatureWindow, bins: _Bins) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if bins.current.sum() > 0 and bins.reference.sum() > 0:
+        out["psi"] = measures.psi(bins.reference, bins.current)
+        out["js_distance"] = measures.js_distance(bins.reference, bins.current)
+    if isinstance(stats, NumericStats):
+        out.update(_shape_measures(stats, w))
+    elif isinstance(stats, ListStats) and w.lengths is not None:
+        out.update(_shape_measures(stats.lengths, w.lengths))
+    elif isinstance(stats, CategoricalStats) and w.values:
+        # L-inf over the full vocabulary; pruned training mass faces unseen values.
+        ref_full = np.array([*stats.vocabulary.values(), stats.other_count], dtype=np.float64)
+        out["linf"] = measures.linf(ref_full, w.vocabulary_counts)
+    elif isinstance(stats, TimestampStats) and w.values:
+        out["linf"] = measures.linf(bins.reference, bins.current)
+    return out
+
+
+def _shape_measures(stats: NumericStats, w: FeatureWindow) -> dict[str, Any]:
+    """KS and W1 from the quantile grid, mean shift and scale ratio in training stds."""
     n = w.finite
+    if not n:
+        return {}
+    grid = np.array(stats.grid)
+    cdf = np.array(stats.grid_cdf)
+    out: dict[str, Any] = {"ks": measures.ks_estimate(grid, cdf, w.grid_counts, below_count=w.low)}
     std = stats.std
-    if n and std > 0:
-        grid = np.array(stats.grid)
-        cdf = np.array(stats.grid_cdf)
-        out["ks"] = measures.ks_estimate(grid, cdf, w.grid_counts, below_count=w.low)
-        out["wasserstein"] = (
-            measures.wasserstein_estimate(
-                grid, cdf, w.grid_counts, w.below_sum, w.above_sum, discrete=stats.discrete
-            )
-            / std
+    if std > 0:
+        w1 = measures.wasserstein_estimate(
+            grid, cdf, w.grid_counts, w.below_sum, w.above_sum, discrete=stats.discrete
         )
         mean_dev = w.sum_dev / n
         variance = max(0.0, w.sumsq_dev / n - mean_dev * mean_dev)
+        out["wasserstein"] = w1 / std
         out["mean_shift"] = mean_dev / std
         out["scale_ratio"] = math.sqrt(variance) / std
-    elif n:
-        out["ks"] = measures.ks_estimate(
-            np.array(stats.grid), np.array(stats.grid_cdf), w.grid_counts, below_count=w.low
-        )
     return out
 
 
@@ -270,48 +303,11 @@ def _fmt(value: float) -> str:
     return f"{value:.6g}"
 
 
-def _categorical_measures(stats: CategoricalStats, w: FeatureWindow) -> dict[str, Any]:
-    if not stats.count:
-        return {}
-    vocabulary = list(stats.vocabulary)
-    top = {key: i for i, key in enumerate(stats.top)}
-    other = len(stats.top)
-    to_bin = np.array([top.get(key, other) for key in vocabulary] + [other], dtype=np.int64)
-    current = np.bincount(to_bin, weights=w.vocabulary_counts, minlength=other + 1)
-    reference = np.array(stats.fractions) * stats.count
-    out = _distribution([*stats.top, OTHER], reference, current.astype(np.int64))
-    if w.values:
-        # L-inf over the full vocabulary; pruned training mass faces unseen values.
-        ref_full = np.array([*stats.vocabulary.values(), stats.other_count], dtype=np.float64)
-        out["linf"] = measures.linf(ref_full, w.vocabulary_counts)
-    return out
-
-
-def _timestamp_measures(stats: TimestampStats, w: FeatureWindow) -> dict[str, Any]:
-    if not stats.count:
-        return {}
-    labels = [f"{h:02d}h" for h in range(24)]
-    out = _distribution(labels, np.array(stats.hour_counts, dtype=np.float64), w.bin_counts)
-    if w.values:
-        out["linf"] = measures.linf(np.array(stats.hour_counts), w.bin_counts)
-    return out
-
-
-def _list_measures(stats: ListStats, w: FeatureWindow) -> dict[str, Any]:
-    if w.lengths is None:
-        return {}
-    out = _numeric_measures(stats.lengths, w.lengths)
-    out["bin_labels"] = tuple(f"len {label}" for label in out.get("bin_labels", ()))
-    return out
-
-
-def _verdict(measured: dict[str, Any], rows: int, rule: DriftRule) -> dict[str, Any]:
-    reference = measured.pop("_reference", None)
-    psi = measured.get("psi")
-    current = np.array(measured.get("bin_counts", ()), dtype=np.float64)
-    if reference is None or psi is None or rows < rule.min_rows or current.sum() < rule.min_rows:
+def _verdict(bins: _Bins, psi: float | None, rows: int, rule: DriftRule) -> dict[str, Any]:
+    current = bins.current.astype(np.float64)
+    if psi is None or rows < rule.min_rows or current.sum() < rule.min_rows:
         return {"drifted": None}
-    test = measures.g_test(reference, current)
+    test = measures.g_test(bins.reference, current)
     return {
         "drifted": bool(test.p_value < rule.alpha and psi >= rule.psi_floor),
         "p_value": test.p_value,
