@@ -8,7 +8,6 @@ chunks of sampled requests. Any failure inside the tap is counted and swallowed.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import random
 import time
@@ -21,8 +20,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .baseline import Baseline, BaselineError
 from .report import DriftRule
 from .worker import Extractor, Monitor, Sample, _bump
-
-logger = logging.getLogger("sidecar")
 
 HEALTH_PATHS = frozenset(
     {"/metrics", "/health", "/healthz", "/ready", "/readyz", "/live", "/livez", "/ping"}
@@ -181,7 +178,7 @@ class SkewMiddleware:
 
 
 class _Tap:
-    """Per-request state: references to body chunks, never copies.
+    """Per-request state: references to body chunks and header lists, never copies.
 
     `receive` and `send` are bound methods of this object, not closures: one
     allocation per sampled request instead of three.
@@ -190,19 +187,16 @@ class _Tap:
     __slots__ = (
         "_receive",
         "_send",
-        "encoding",
         "finished",
-        "max_bytes",
+        "headers",
         "middleware",
         "overflow",
-        "path",
         "request",
         "request_done",
         "request_size",
         "response",
-        "response_encoding",
+        "response_headers",
         "response_size",
-        "sample_responses",
         "status",
     )
 
@@ -212,9 +206,6 @@ class _Tap:
         self.middleware = middleware
         self._receive = receive
         self._send = send
-        self.max_bytes = middleware.max_body_bytes
-        self.sample_responses = middleware.sample_responses
-        self.path: str = scope["path"]
         self.request: list[bytes] = []
         self.request_size = 0
         self.request_done = False
@@ -223,9 +214,8 @@ class _Tap:
         self.status = 0
         self.overflow = False
         self.finished = False
-        # Header lists are kept as references and read in the worker, not here.
-        self.encoding = scope["headers"]
-        self.response_encoding: Any = ()
+        self.headers = scope["headers"]  # read in the worker (Content-Encoding)
+        self.response_headers: Any = ()
 
     async def receive(self) -> Message:
         message = await self._receive()
@@ -236,13 +226,13 @@ class _Tap:
                     body = message.get("body", b"")
                     if body:
                         self.request_size += len(body)
-                        if self.request_size <= self.max_bytes:
+                        if self.request_size <= self.middleware.max_body_bytes:
                             self.request.append(body)
                         else:
                             self.overflow = True
                     if not message.get("more_body", False):
                         self.request_done = True
-                        if not self.sample_responses:
+                        if not self.middleware.sample_responses:
                             self.finish()
                 elif kind == "http.disconnect":
                     self.finish()  # the client left mid-body: counted once, nothing queued
@@ -256,15 +246,15 @@ class _Tap:
             kind = message["type"]
             if kind == "http.response.body":
                 body = message.get("body", b"")
-                if body and self.sample_responses:
+                if body:
                     self.response_size += len(body)
-                    if self.response_size <= self.max_bytes:
+                    if self.response_size <= self.middleware.max_body_bytes:
                         self.response.append(body)
                 if not message.get("more_body", False):
                     self.finish()
             elif kind == "http.response.start":
                 self.status = message["status"]
-                self.response_encoding = message.get("headers", ())
+                self.response_headers = message.get("headers", ())
         except Exception:
             self.middleware.monitor._error("worker")
 
@@ -272,22 +262,17 @@ class _Tap:
         if self.finished:
             return  # a disconnect finished it before the response did
         self.finished = True
-        counts = self.middleware.monitor.counts
+        monitor = self.middleware.monitor
         if self.overflow:
-            _bump(counts.dropped, "too_large")
+            _bump(monitor.counts.dropped, "too_large")
         elif not self.request_done:
-            _bump(counts.dropped, "body_incomplete")  # the app did not read it all
+            _bump(monitor.counts.dropped, "body_incomplete")  # the app did not read it all
         elif not self.request:
-            _bump(counts.dropped, "empty_body")
+            _bump(monitor.counts.dropped, "empty_body")
         else:
-            response = self.response if self.response_size <= self.max_bytes else ()
-            self.middleware.monitor.submit(
-                Sample(
-                    self.request,
-                    response,
-                    self.status,
-                    self.path,
-                    self.encoding,
-                    self.response_encoding,
-                )
+            # A response over the size limit is left out; the request is still checked.
+            too_big = self.response_size > self.middleware.max_body_bytes
+            response = () if too_big else self.response
+            monitor.submit(
+                Sample(self.request, response, self.status, self.headers, self.response_headers)
             )

@@ -35,31 +35,28 @@ Headers = Iterable[tuple[bytes, bytes]]
 
 
 class Sample:
-    """One sampled exchange: body chunks as received, joined only in the worker.
+    """One sampled exchange as the serving path saw it: body chunks and header lists,
+    by reference. Joining, header reading and parsing all happen in the worker.
 
     A slotted class, not a dataclass: it is built on the event loop for every
     sample, and a frozen dataclass's __init__ costs several times more.
     """
 
-    __slots__ = ("encoding", "path", "request", "response", "response_encoding", "status")
+    __slots__ = ("headers", "request", "response", "response_headers", "status")
 
     def __init__(
         self,
         request: Sequence[bytes],
         response: Sequence[bytes] = (),
         status: int = 200,
-        path: str = "",
-        encoding: str | Headers = "",
-        response_encoding: str | Headers = "",
+        headers: Headers = (),
+        response_headers: Headers = (),
     ) -> None:
         self.request = request
         self.response = response
         self.status = status
-        self.path = path
-        # Content-Encoding ("gzip"), or the raw ASGI header list to find it in: the
-        # serving path hands over references and the worker does the reading.
-        self.encoding = encoding
-        self.response_encoding = response_encoding
+        self.headers = headers
+        self.response_headers = response_headers
 
 
 @dataclass
@@ -91,9 +88,7 @@ def _summed(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
     return out
 
 
-def content_encoding(headers: str | Headers) -> str:
-    if isinstance(headers, str):
-        return headers
+def content_encoding(headers: Headers) -> str:
     for key, value in headers:
         if key.lower() == b"content-encoding":
             return value.decode("latin-1")
@@ -176,6 +171,9 @@ class Monitor:
         self.requests = Engine(baseline, roles=("input",))
         self.responses = Engine(baseline, roles=("prediction",))
         self.checks_responses = bool(self.responses.checkers)
+        # Unnamed outputs (a bare list of scores) take the one prediction column's name.
+        outputs = list(self.responses.checkers)
+        self.output_name = outputs[0] if len(outputs) == 1 else "prediction"
         # Positional payloads (lists without names) take the baseline's input order.
         self.input_names = list(self.requests.checkers)
         self._queue: deque[Sample] = deque()
@@ -290,7 +288,7 @@ class Monitor:
         return processed
 
     def _extract(self, sample: Sample, requests: list[Any], responses: list[Any]) -> None:
-        body = self._parse(sample.request, sample.encoding, count=True)
+        body = self._parse(sample.request, sample.headers, count=True)
         if body is not None:
             try:
                 if self.extractor is not None:
@@ -304,20 +302,16 @@ class Monitor:
             except Exception:
                 self._error("extract")
         if self.checks_responses and sample.response and 200 <= sample.status < 300:
-            out = self._parse(sample.response, sample.response_encoding, count=False)
+            out = self._parse(sample.response, sample.response_headers, count=False)
             if out is not None:
                 try:
-                    extracted = extract_response(out, output_name=self._output_name())
+                    extracted = extract_response(out, output_name=self.output_name)
                     if extracted is not None:
                         responses.extend(extracted.rows)
                 except Exception:
                     self._error("extract")
 
-    def _output_name(self) -> str:
-        names = list(self.responses.checkers)
-        return names[0] if len(names) == 1 else "prediction"
-
-    def _parse(self, chunks: Sequence[bytes], headers: str | Headers, count: bool) -> Any:
+    def _parse(self, chunks: Sequence[bytes], headers: Headers, count: bool) -> Any:
         """Parsed JSON, or None (counted for requests when count is true)."""
         if not chunks:
             return None
