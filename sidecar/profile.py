@@ -27,8 +27,6 @@ from .timestamps import Instant, TimestampStats, looks_like_iso, parse_epoch, pa
 
 __all__ = ["ProfileOptions", "profile_chunks", "profile_files", "profile_records"]
 
-KIND_OVERRIDES = ("numeric", "categorical", "timestamp", "list")
-
 
 @dataclass(frozen=True)
 class ProfileOptions:
@@ -73,7 +71,9 @@ class ColumnProfiler:
         self._strings_are_timestamps: bool | None = None
         self._number_lists = 0
         self._string_lists = 0
-        self._text = TextCells(always_parse=self.override == "numeric")
+        self._text = TextCells(
+            self._new_categorical("text"), always_parse=self.override == "numeric"
+        )
 
     # -- routing ----------------------------------------------------------------
 
@@ -106,7 +106,7 @@ class ColumnProfiler:
         if self.override == "categorical" or self._strings_are_timestamps:
             self._add_strings(values, text=True, counted=True)
             return
-        numbers = self._text.add(values, self.settings.vocabulary_cap)
+        numbers = self._text.add(values)
         if len(numbers):
             self._numeric().update(numbers)
 
@@ -275,45 +275,39 @@ class ColumnProfiler:
         if self.override == "numeric" or (text.numbers * 2 > text.cells and not text.strings_mode):
             self.strings = None
             return
-        vocabulary = text.vocabulary
-        if vocabulary is None:
+        categories = text.categories
+        if categories is None:
             return  # dropped while the column looked numeric: it stays numeric
         self.numeric = None
-        if set(vocabulary) <= _BOOL_SPELLINGS:
+        if set(categories.vocabulary) <= _BOOL_SPELLINGS:
             booleans = self._new_categorical("bool")
-            for key, n in vocabulary.items():
+            for key, n in categories.vocabulary.items():
                 booleans.vocabulary[key.lower()] += n
-            booleans.count = vocabulary.total()
+            booleans.count = categories.count
             self.strings, self.booleans = None, booleans
         else:
-            strings = self._new_categorical("text")
-            strings.vocabulary = vocabulary
-            strings.count = vocabulary.total() + text.pruned
-            strings.other_count = text.pruned
-            strings.vocabulary_complete = not text.pruned
-            self.strings = strings
+            self.strings = categories
 
 
 class TextCells:
     """CSV cells of one column: numbers parsed, every cell also kept as a category.
 
-    The categories (bounded like any vocabulary) make a text column's statistics
-    the same whatever the chunking; number parsing stops once a column is clearly
-    text, because failed float() calls are slow.
+    The categories (a vocabulary pruned like any other) make a text column's
+    statistics the same whatever the chunking; number parsing stops once a column
+    is clearly text, because failed float() calls are slow.
     """
 
     # Cells seen before a mostly-text column stops parsing numbers.
     DECIDE_AFTER = 1000
 
-    def __init__(self, always_parse: bool = False) -> None:
+    def __init__(self, categories: CategoricalStats, always_parse: bool = False) -> None:
         self.always_parse = always_parse
         self.cells = 0
         self.numbers = 0
         self.strings_mode = False
-        self.vocabulary: Counter[str] | None = Counter()
-        self.pruned = 0
+        self.categories: CategoricalStats | None = categories
 
-    def add(self, values: list[str], cap: int) -> np.ndarray[Any, np.dtype[np.float64]]:
+    def add(self, values: list[str]) -> np.ndarray[Any, np.dtype[np.float64]]:
         self.cells += len(values)
         numbers = np.empty(0, dtype=np.float64)
         if not self.strings_mode:
@@ -329,15 +323,12 @@ class TextCells:
                 and self.cells >= self.DECIDE_AFTER
                 and self.numbers * 2 < self.cells
             )
-        if self.vocabulary is not None:
-            self.vocabulary.update(values)
-            if len(self.vocabulary) > 2 * cap:
-                if not self.strings_mode and self.numbers * 2 > self.cells:
-                    self.vocabulary = None  # a numeric column: categories not needed
-                else:
-                    kept = self.vocabulary.most_common(cap)
-                    self.pruned += self.vocabulary.total() - sum(c for _, c in kept)
-                    self.vocabulary = Counter(dict(kept))
+        if self.categories is not None:
+            numeric = not self.strings_mode and self.numbers * 2 > self.cells
+            if numeric and len(self.categories.vocabulary) > self.categories.vocabulary_cap:
+                self.categories = None  # a numeric column: its categories are not needed
+            else:
+                self.categories.update(values)
         return numbers
 
 
