@@ -281,31 +281,25 @@ def derive(feat: Feature, settings: ProfileSettings) -> None:
 
 
 def _merge_feature(into: Feature, other: Feature) -> None:
-    if into.kind != other.kind:
-        if not other.count:
-            other = Feature(into.name, into.kind, _empty_like(into, other), other.role)
-        elif not into.count:
-            into.kind, into.stats = other.kind, _absorb_missing(other, into.stats.missing)
-            for key, n in other.types.items():
-                into.types[key] = into.types.get(key, 0) + n
-            return
-        else:
-            raise BaselineError(
-                f"feature {into.name!r} is {into.kind} in one baseline and {other.kind} in "
-                f"another; rebuild both with --{into.kind} {into.name} (or --{other.kind})"
-            )
+    if into.kind != other.kind and other.count and into.count:
+        raise BaselineError(
+            f"feature {into.name!r} is {into.kind} in one baseline and {other.kind} in "
+            f"another; rebuild both with --{into.kind} {into.name} (or --{other.kind})"
+        )
     for key, n in other.types.items():
         into.types[key] = into.types.get(key, 0) + n
+    if into.kind != other.kind:
+        # One side has no values: the other side's kind wins, missing counts add up.
+        if not other.count:
+            into.stats.missing += other.stats.missing
+            into.stats.type_mismatch += other.stats.type_mismatch
+        else:
+            into.kind, into.stats = other.kind, _absorb_missing(other, into.stats.missing)
+        return
     try:
         into.stats.merge(other.stats)  # type: ignore[arg-type]
     except BaselineError as exc:
         raise BaselineError(f"feature {into.name!r}: {exc}") from None
-
-
-def _empty_like(template: Feature, empty: Feature) -> Stats:
-    stats: Stats = type(template.stats)()
-    stats.missing = empty.stats.missing
-    return stats
 
 
 def _absorb_missing(feat: Feature, missing: int) -> Stats:

@@ -262,7 +262,7 @@ class NumericStats:
             stats.min = f.number(data, "min", where)
             stats.max = f.number(data, "max", where)
             stats.mean = f.number(data, "mean", where)
-            f.number(data, "std", where)
+            f.number(data, "std", where)  # shown for readers; m2 is what is read back
             stats.m2 = f.number(data, "m2", where)
             if stats.min > stats.max:
                 raise BaselineError(f"{where}: min {stats.min} is above max {stats.max}")
