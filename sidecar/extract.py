@@ -193,17 +193,9 @@ def _is_tensor(item: Any) -> bool:
 
 
 def _seldon_tensor(tensor: dict[str, Any]) -> list[Any] | None:
-    shape, values = tensor.get("shape"), tensor.get("values")
-    if type(shape) is not list or type(values) is not list or not shape:
-        return None
-    if not all(type(d) is int and d >= 0 for d in shape):
-        return None
-    if len(shape) == 1:
-        return values if len(values) == shape[0] else None
-    if len(shape) != 2 or shape[0] * shape[1] != len(values):
-        return None
-    width = shape[1]
-    return [values[i * width : (i + 1) * width] for i in range(min(shape[0], MAX_ROWS))]
+    """A Seldon `tensor` is a v2 tensor under other key names."""
+    split = _tensor_rows({"name": "", "shape": tensor.get("shape"), "data": tensor.get("values")})
+    return None if split is None else split[2]
 
 
 def _outputs(items: list[Any], name: str, format: str) -> Extracted:
