@@ -109,10 +109,6 @@ class SkewCollector(Collector):
         with self._lock:
             self._monitors.add(monitor)
 
-    def remove(self, monitor: Monitor) -> None:
-        with self._lock:
-            self._monitors.discard(monitor)
-
     def describe(self) -> Iterable[Metric]:
         # Registering must not call collect(): monitors may not be running yet.
         return []
