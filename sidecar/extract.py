@@ -12,8 +12,7 @@ become a row is counted in `Extracted.rejected`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "FORMATS",
@@ -44,9 +43,11 @@ _SPLIT_KEYS = frozenset({"columns", "data", "index"})
 _SELDON_KEYS = frozenset({"data", "jsonData", "meta", "status"})
 
 
-@dataclass(frozen=True)
-class Extracted:
-    """The rows of one body, the format they were read as, and what was left out."""
+class Extracted(NamedTuple):
+    """The rows of one body, the format they were read as, and what was left out.
+
+    A named tuple: built for every sampled body, several times cheaper than a frozen
+    dataclass."""
 
     rows: list[dict[str, Any]]  # may be the body's own dicts: do not mutate
     format: str  # one of FORMATS

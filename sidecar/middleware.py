@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
-import time
 from collections.abc import Collection
 from typing import Any
 
@@ -19,31 +17,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .baseline import Baseline, BaselineError
 from .report import DriftRule
+from .sampling import Sampler
 from .worker import Extractor, Monitor, Sample, _bump
 
 HEALTH_PATHS = frozenset(
     {"/metrics", "/health", "/healthz", "/ready", "/readyz", "/live", "/livez", "/ping"}
 )
-
-
-class RateLimiter:
-    """Token bucket: at most `rate` samples a second, bursts of up to one second's worth."""
-
-    def __init__(self, rate: float, clock: Any = time.monotonic) -> None:
-        self.rate = rate
-        self.capacity = max(1.0, rate)
-        self.tokens = self.capacity
-        self.clock = clock
-        self.last = clock()
-
-    def allow(self) -> bool:
-        now = self.clock()
-        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
+ROUTE_CACHE_SIZE = 4096
 
 
 class SkewMiddleware:
@@ -74,12 +54,7 @@ class SkewMiddleware:
         extractor: Extractor | None = None,
         export_bins: bool = True,
     ) -> None:
-        if not 0.0 <= sample_rate <= 1.0:
-            raise ValueError(f"sample_rate must be between 0 and 1, got {sample_rate!r}")
-        if not max_samples_per_second > 0:
-            raise ValueError(
-                f"max_samples_per_second must be positive, got {max_samples_per_second!r}"
-            )
+        sampler = Sampler(sample_rate, max_samples_per_second)  # validates both
         if max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes!r}")
         self.app = app
@@ -101,49 +76,55 @@ class SkewMiddleware:
             registry=registry,
             export_bins=export_bins,  # off for very wide models: bins x features series
         )
-        self.sample_rate = sample_rate
-        self.limiter = RateLimiter(max_samples_per_second)
+        self.sampler = self.monitor.sampler = sampler
         self.methods = frozenset(m.upper() for m in methods)
         self.paths = tuple(paths) if paths is not None else None
         self.exclude_paths = frozenset(exclude_paths)
         self.max_body_bytes = max_body_bytes
         self.sample_responses = sample_responses and self.monitor.checks_responses
-        self._random = random.random
+        self._watched: dict[str, bool] = {}  # path -> watched, for the first paths seen
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            if scope["type"] == "lifespan":
-                await self._lifespan(scope, receive, send)
-                return
-            await self.app(scope, receive, send)
+        # Every request pays for this branch: a few dict lookups and one decrement.
+        if scope["type"] == "http" and scope["method"] in self.methods:
+            watched = self._watched.get(scope["path"])
+            if watched is None:
+                watched = self._route(scope["path"])
+            if watched:
+                sampler = self.sampler
+                sampler.countdown -= 1
+                if sampler.countdown <= 0 and self._take():
+                    tap = _Tap(self, scope, receive, send)
+                    if self.sample_responses:
+                        await self.app(scope, tap.receive, tap.send)
+                    else:
+                        # Nothing to read in the response: the request is submitted once
+                        # its body is complete, and `send` goes untouched.
+                        await self.app(scope, tap.receive, send)
+                    return
+        elif scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
             return
-        if not self._sampled(scope):
-            await self.app(scope, receive, send)
-            return
-        tap = _Tap(self, scope, receive, send)
-        if self.sample_responses:
-            await self.app(scope, tap.receive, tap.send)
-        else:
-            # Nothing to read in the response: the request is submitted as soon as its
-            # body is complete, and `send` goes untouched (one wrapper less per request).
-            await self.app(scope, tap.receive, send)
+        await self.app(scope, receive, send)
 
-    def _sampled(self, scope: Scope) -> bool:
-        """Decided before touching the body; cheap checks first."""
+    def _route(self, path: str) -> bool:
+        """Whether requests to `path` are watched; remembered for the first paths seen
+        (paths with ids in them must not grow the memory without bound)."""
         try:
-            if scope["method"] not in self.methods:
-                return False
-            path = scope["path"]
-            if path in self.exclude_paths or path.rstrip("/") in self.exclude_paths:
-                return False
+            watched = not (path in self.exclude_paths or path.rstrip("/") in self.exclude_paths)
             if self.paths is not None and not path.startswith(self.paths):
-                return False
-            counts = self.monitor.counts
-            counts.seen += 1
-            if self.sample_rate < 1.0 and self._random() >= self.sample_rate:
-                return False
-            if not self.limiter.allow():
-                _bump(counts.dropped, "rate_limited")
+                watched = False
+        except Exception:
+            self.monitor._error("worker")
+            return False
+        if len(self._watched) < ROUTE_CACHE_SIZE:
+            self._watched[path] = watched
+        return watched
+
+    def _take(self) -> bool:
+        """The sampler's countdown ran out: sample this request unless the cap refuses."""
+        try:
+            if not self.sampler.take():
                 return False
             if not self.monitor.started:
                 self.monitor.start()  # mounted sub-apps never see lifespan events

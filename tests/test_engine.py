@@ -276,3 +276,70 @@ def test_flat_list_batch_path_agrees_with_the_per_row_path(mixed_baseline: Basel
         b.shape_mismatch,
     )
     assert a.high > 0 and a.low > 0 and a.nonfinite == 2
+
+
+@pytest.fixture(scope="module")
+def wide_baseline() -> Baseline:
+    rng = np.random.default_rng(11)
+    return _baseline(
+        [
+            {
+                "a": float(rng.normal(50, 10)),
+                "b": int(rng.integers(0, 1000)),
+                "level": int(rng.integers(1, 4)),  # discrete: one bin per value
+                "c": str(rng.choice(["x", "y"])),
+            }
+            for _ in range(2000)
+        ]
+    )
+
+
+_clean_number = st.one_of(st.floats(-1e6, 1e6), st.integers(-(10**6), 10**6))
+_wide_row = st.fixed_dictionaries(
+    {"a": _clean_number, "b": _clean_number, "level": st.integers(0, 5), "c": st.just("x")}
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    rows=st.lists(_wide_row, min_size=1, max_size=60),
+    odd=st.sampled_from([None, "7", math.inf, True, 10**400, "absent"]),
+    where=st.integers(0, 59),
+)
+def test_the_numeric_block_counts_exactly_what_the_per_feature_path_counts(
+    wide_baseline: Baseline, rows: list[dict[str, Any]], odd: Any, where: int
+) -> None:
+    """The block applies to clean batches; one odd value sends the batch down the
+    per-feature path. Both must give the same window."""
+    batches = [rows, [dict(r) for r in rows]]
+    row = batches[1][where % len(rows)]
+    if odd == "absent":
+        del row["a"]
+    else:
+        row["a"] = odd
+    for batch in batches:
+        block = Engine(wide_baseline)
+        assert block.block is not None
+        block.check(batch)
+        per_feature = Engine(wide_baseline)
+        per_feature.block = None
+        per_feature.check(batch)
+        assert _snapshot(block) == _snapshot(per_feature)
+        for name, w in block.window.features.items():
+            v = per_feature.window.features[name]
+            assert [w.sum_dev, w.sumsq_dev, w.below_sum, w.above_sum] == pytest.approx(
+                [v.sum_dev, v.sumsq_dev, v.below_sum, v.above_sum], rel=1e-9, nan_ok=True
+            )
+
+
+def test_keys_of_features_left_out_by_role_are_not_unknown_features() -> None:
+    baseline = _baseline(
+        [{"x": float(i), "y": float(i % 7), "score": i / 100} for i in range(100)],
+        prediction={"score"},
+    )
+    inputs = Engine(baseline, roles=("input",))
+    inputs.check([{"x": 1.0, "y": 2.0, "score": 0.5, "junk": 1}, {"x": 1.0, "y": 2.0}])
+    assert inputs.window.unknown_features == 1
+    outputs = Engine(baseline, roles=("prediction",))
+    outputs.check([{"score": 0.5}, {"x": 1.0}, {"junk": 2}])
+    assert outputs.window.unknown_features == 1

@@ -1,0 +1,124 @@
+"""Which requests to sample: a share of them, at most so many a second, for one
+decrement per request.
+
+Flipping a coin per request costs a call and a random number on every request. The
+gap between two sampled requests of a coin flip with probability p is geometric, so
+the sampler draws the gap once per sample and the serving path only counts it down:
+
+    sampler.countdown -= 1
+    if sampler.countdown <= 0 and sampler.take(): ...sample this request...
+
+The cap (`max_per_second`) thins the selection by a ratio re-estimated every second
+from the traffic seen, so a capped sampler also costs one decrement per request. A
+token bucket behind it is the hard limit for bursts between two estimates. Requests
+the rate selected but the cap kept out are counted in `rate_limited`: exactly when
+the rate is 1 or the cap does not bind, otherwise drawn from the binomial law the
+per-request coin flips would give.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+NEVER = 1 << 62  # the gap for sample_rate 0: no request is ever sampled
+ESTIMATE_SECONDS = 1.0  # how often the thinning is re-estimated
+OVERLOAD_ESTIMATE_SECONDS = 0.1  # sooner when the bucket refuses: traffic rose
+
+
+class Sampler:
+    """Geometric gaps between samples; `take()` runs once per gap, never per request."""
+
+    def __init__(
+        self,
+        rate: float,
+        max_per_second: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        seed: int | None = None,
+    ) -> None:
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"sample_rate must be between 0 and 1, got {rate!r}")
+        if not max_per_second > 0:
+            raise ValueError(f"max_samples_per_second must be positive, got {max_per_second!r}")
+        self.rate = rate
+        self.max_per_second = max_per_second
+        self.clock = clock
+        self._random = random.Random(seed).random
+        self._binomial = np.random.default_rng(seed).binomial
+        self.thinning = 1.0  # the share of selected requests the cap lets through
+        self.rate_limited = 0
+        self._drawn = 0  # requests covered by the gaps drawn so far
+        self._tokens = self._bucket = max(1.0, max_per_second)
+        self._last_refill = self._estimated_at = clock()
+        self._requests_at_estimate = 0
+        self.countdown = self._draw()
+
+    @property
+    def seen(self) -> int:
+        """Requests counted down so far (every request the serving path offered)."""
+        return self._drawn - self.countdown
+
+    @property
+    def undecided(self) -> int:
+        """Requests of the current gap: taken or counted when the gap ends."""
+        return self._gap - self.countdown
+
+    def take(self) -> bool:
+        """The countdown ran out: decide this request, draw the next gap."""
+        skipped = self._gap - 1
+        if skipped and self.thinning < 1.0:
+            self._count_thinned(skipped)
+        now = self.clock()
+        if now - self._estimated_at >= ESTIMATE_SECONDS:
+            self._estimate(now)
+        taken = self._token(now)
+        if not taken:
+            self.rate_limited += 1
+            if now - self._estimated_at >= OVERLOAD_ESTIMATE_SECONDS:
+                self._estimate(now)
+        self.countdown = self._draw()
+        return taken
+
+    def _count_thinned(self, skipped: int) -> None:
+        """Of `skipped` requests, those the rate selected and the cap refused."""
+        if self.rate >= 1.0:
+            self.rate_limited += skipped
+            return
+        p, q = self.rate, self.thinning
+        refused = p * (1.0 - q) / (1.0 - p * q)  # P(selected, refused | not taken)
+        self.rate_limited += int(self._binomial(skipped, refused))
+
+    def _estimate(self, now: float) -> None:
+        """Thin to the cap: selected requests a second over the last estimate."""
+        seen = self.seen
+        selected = self.rate * (seen - self._requests_at_estimate) / (now - self._estimated_at)
+        self.thinning = min(1.0, self.max_per_second / selected) if selected > 0 else 1.0
+        self._estimated_at, self._requests_at_estimate = now, seen
+
+    def _token(self, now: float) -> bool:
+        self._tokens = min(
+            self._bucket, self._tokens + (now - self._last_refill) * self.max_per_second
+        )
+        self._last_refill = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def _draw(self) -> int:
+        p = self.rate * self.thinning
+        if p >= 1.0:
+            gap = 1
+        elif p <= 0.0:
+            gap = NEVER
+        else:
+            # Inverse CDF of the geometric law on 1, 2, ...; 1 - U is in (0, 1].
+            gap = 1 + int(math.log(1.0 - self._random()) / math.log1p(-p))
+        self._gap = gap
+        self._drawn += gap
+        return gap
