@@ -174,8 +174,8 @@ class NumericBlock:
         n = len(rows)
         below, above = x < self.min, x > self.max
         low, high = below.sum(axis=0).tolist(), above.sum(axis=0).tolist()
-        below_sum = (np.where(below, self.min - x, 0.0).sum(axis=0).tolist() if any(low) else None)
-        above_sum = (np.where(above, x - self.max, 0.0).sum(axis=0).tolist() if any(high) else None)
+        below_sum = np.where(below, self.min - x, 0.0).sum(axis=0).tolist() if any(low) else None
+        above_sum = np.where(above, x - self.max, 0.0).sum(axis=0).tolist() if any(high) else None
         dev = x - self.mean
         sum_dev = dev.sum(axis=0).tolist()
         sumsq_dev = np.einsum("ij,ij->j", dev, dev).tolist()
