@@ -1,4 +1,4 @@
-"""skew-sidecar profile | profile merge | check | demo."""
+"""skew-sidecar profile | profile merge | check | serve | demo."""
 
 from __future__ import annotations
 
@@ -136,6 +136,46 @@ def _check_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--strict", action="store_true", help="exit 2 if any line is unusable")
 
 
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .serve import ENV_PREFIX, ServeSettings
+
+    p = sub.add_parser(
+        "serve",
+        help="run the sidecar process: mirrored requests and payload-logger CloudEvents",
+        description="Receive mirrored inference requests (nginx mirror, Envoy/Istio "
+        "mirroring) and KServe/Seldon payload-logger CloudEvents on any path, check "
+        "them against one baseline per model, and serve /metrics, /healthz and /readyz. "
+        f"Every option can also be set as {ENV_PREFIX}<OPTION> (e.g. "
+        f"{ENV_PREFIX}MAX_BODY_BYTES); a flag wins over the variable.",
+    )
+    defaults = ServeSettings()
+    p.add_argument(
+        "-b",
+        "--baseline",
+        action="append",
+        metavar="[NAME=]PATH",
+        help="baseline of model NAME (repeatable); an unnamed one is model 'default' and "
+        f"takes samples not named for another model ({ENV_PREFIX}BASELINE: comma-separated)",
+    )
+    options: list[tuple[str, type, str]] = [
+        ("host", str, "address to listen on"),
+        ("port", int, "port to listen on"),
+        ("sample-rate", float, "share of requests checked"),
+        ("max-samples-per-second", float, "cap on checked samples per model"),
+        ("max-body-bytes", int, "larger bodies are answered 413 and counted as too_large"),
+        ("window-seconds", float, "a window closes this often"),
+        ("min-window-rows", int, "a shorter window is extended; no verdict on fewer rows"),
+        ("queue-size", int, "samples waiting per model; beyond, dropped as queue_full"),
+        ("join-wait-seconds", float, "how long a CloudEvent waits for its other half"),
+        ("max-pending", int, "CloudEvent exchanges waiting at once; the oldest goes alone"),
+        ("max-pending-bytes", int, "body bytes those exchanges may hold, the same way"),
+        ("log-level", str, "critical, error, warning, info or debug"),
+    ]
+    for flag, kind, text in options:
+        default = getattr(defaults, flag.replace("-", "_"))
+        p.add_argument(f"--{flag}", type=kind, help=f"{text} (default: {default})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skew-sidecar", description="Catch training/serving skew in production."
@@ -144,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _profile_parser(sub)
     _check_parser(sub)
+    _serve_parser(sub)
     demo = sub.add_parser("demo", help="profile and check the embedded demo data set")
     demo.add_argument("--dir", help="where to write the demo files (default: a temp dir)")
     demo.add_argument("--rows", type=int, default=5000, help="training rows")
@@ -160,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _profile(args)
         if args.command == "check":
             return _check(args)
+        if args.command == "serve":
+            return _serve(args)
         return _demo(args)
     except (UsageError, BaselineError, ReaderError, ValueError, OSError) as exc:
         print(f"skew-sidecar: error: {exc}", file=sys.stderr)
@@ -268,6 +311,13 @@ def _check(args: argparse.Namespace) -> int:
         if args.strict:
             return EXIT_BAD_INPUT
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from . import serve
+
+    settings = serve.ServeSettings.resolve(vars(args))
+    return serve.run(settings)
 
 
 def _demo(args: argparse.Namespace) -> int:
