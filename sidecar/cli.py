@@ -157,6 +157,14 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="baseline of model NAME (repeatable); an unnamed one is model 'default' and "
         f"takes samples not named for another model ({ENV_PREFIX}BASELINE: comma-separated)",
     )
+    p.add_argument(
+        "--tap",
+        action="append",
+        metavar="ADDRESS",
+        help="also receive samples from in-app taps (SkewMiddleware(sink=...)) on this "
+        "datagram address: unix:///run/skew/tap.sock or udp://127.0.0.1:9009 "
+        f"(repeatable; {ENV_PREFIX}TAP: comma-separated)",
+    )
     options: list[tuple[str, type, str]] = [
         ("host", str, "address to listen on"),
         ("port", int, "port to listen on"),

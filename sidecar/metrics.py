@@ -59,6 +59,9 @@ DROP_REASONS = (
     "unsupported_encoding",
     "unrecognised_payload",
     "empty_body",
+    "sink_busy",  # datagram tap: the sidecar is behind (socket buffer full)
+    "sink_unavailable",  # datagram tap: no sidecar listening
+    "lost_in_transit",  # datagram tap: sent, never received (counted by the sidecar)
 )
 ERROR_STAGES = ("parse", "extract", "check", "report", "worker")
 # Per-feature counters: family name, help, and the FeatureReport field it reads.

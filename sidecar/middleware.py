@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .baseline import Baseline, BaselineError
 from .report import DriftRule
 from .sampling import Sampler
+from .tap import DatagramSink
 from .worker import Extractor, Monitor, Sample, _bump
 
 HEALTH_PATHS = frozenset(
@@ -38,8 +39,9 @@ class SkewMiddleware:
         self,
         app: ASGIApp,
         *,
-        baseline: str | os.PathLike[str] | Baseline,
+        baseline: str | os.PathLike[str] | Baseline | None = None,
         model: str = "default",
+        sink: str | None = None,
         sample_rate: float = 1.0,
         max_samples_per_second: float = 1000.0,
         methods: Collection[str] = ("POST",),
@@ -58,24 +60,36 @@ class SkewMiddleware:
         if max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes!r}")
         self.app = app
-        # Load now: a bad baseline fails the app's startup, not its first request.
-        if isinstance(baseline, Baseline):
-            loaded = baseline
+        self.monitor: Monitor | DatagramSink
+        if sink is not None:
+            if baseline is not None or extractor is not None:
+                raise ValueError(
+                    "SkewMiddleware(sink=...) ships samples to the sidecar, which holds the "
+                    "baseline and extracts rows: give baseline= and extractor= to the sidecar"
+                )
+            # Checked in the sidecar process: one datagram per sample, nothing else here.
+            self.monitor = DatagramSink(sink, model=model)
+        elif baseline is None:
+            raise ValueError("SkewMiddleware needs a baseline (checked here) or a sink=")
         else:
-            try:
-                loaded = Baseline.load(baseline)
-            except BaselineError as exc:
-                raise BaselineError(f"SkewMiddleware(model={model!r}): {exc}") from None
-        self.monitor = Monitor(
-            loaded,
-            model=model,
-            queue_size=queue_size,
-            window_seconds=window_seconds,
-            rule=DriftRule(min_rows=min_window_rows),
-            extractor=extractor,
-            registry=registry,
-            export_bins=export_bins,  # off for very wide models: bins x features series
-        )
+            # Load now: a bad baseline fails the app's startup, not its first request.
+            if isinstance(baseline, Baseline):
+                loaded = baseline
+            else:
+                try:
+                    loaded = Baseline.load(baseline)
+                except BaselineError as exc:
+                    raise BaselineError(f"SkewMiddleware(model={model!r}): {exc}") from None
+            self.monitor = Monitor(
+                loaded,
+                model=model,
+                queue_size=queue_size,
+                window_seconds=window_seconds,
+                rule=DriftRule(min_rows=min_window_rows),
+                extractor=extractor,
+                registry=registry,
+                export_bins=export_bins,  # off for very wide models: bins x features series
+            )
         self.sampler = self.monitor.sampler = sampler
         self.methods = frozenset(m.upper() for m in methods)
         self.paths = tuple(paths) if paths is not None else None

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import random
+import socket
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -45,6 +46,7 @@ from .cloudevents import (
 from .metrics import metrics_app
 from .models import DEFAULT_MODEL, Routes, model_from_path, parse_baseline_spec
 from .report import DriftRule
+from .tap import TapAddress, TapCounts, TapFormatError, TapLedger, bind, decode
 from .worker import Monitor, Sample, _bump
 
 logger = logging.getLogger("sidecar.serve")
@@ -53,6 +55,8 @@ ENV_PREFIX = "SKEW_SIDECAR_"
 RESERVED_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 # What happened to each CloudEvent (skew_sidecar_cloudevents_total{result}).
 EVENT_RESULTS = ("accepted", "duplicate", "ignored", "invalid")
+# What happened to each datagram from a tap (skew_sidecar_tap_datagrams_total{result}).
+TAP_RESULTS = ("sample", "counts", "invalid", "unknown_model")
 INSTALL_HINT = "the serve command needs uvicorn: pip install 'skew-sidecar[serve]'"
 
 
@@ -61,6 +65,7 @@ class ServeSettings:
     """Every setting of `serve`; each has a flag and a SKEW_SIDECAR_<NAME> variable."""
 
     baseline: tuple[str, ...] = ()  # PATH or NAME=PATH; the variable is comma-separated
+    tap: tuple[str, ...] = ()  # datagram tap addresses: unix:///path or udp://host:port
     host: str = "127.0.0.1"
     port: int = 8090
     sample_rate: float = 1.0
@@ -109,8 +114,8 @@ class ServeSettings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             given = flags.get(f.name)
-            if f.name == "baseline":
-                specs = given or config("BASELINE", default="").split(",")
+            if f.name in ("baseline", "tap"):
+                specs = given or config(f.name.upper(), default="").split(",")
                 values[f.name] = tuple(s.strip() for s in specs if s.strip())
             elif given is not None:
                 values[f.name] = given
@@ -174,6 +179,7 @@ class _Counts:
 
     unknown_model: int = 0
     events: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EVENT_RESULTS, 0))
+    datagrams: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TAP_RESULTS, 0))
     exchanges: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
 
 
@@ -205,6 +211,19 @@ class _SidecarCollector(Collector):
         for outcome, n in counts.exchanges.items():
             exchanges.add_metric([outcome], n)
         yield exchanges
+        datagrams = CounterMetricFamily(
+            "skew_sidecar_tap_datagrams",
+            "Datagrams from in-app taps: samples, counts reports, and rejected ones.",
+            labels=["result"],
+        )
+        for result, n in counts.datagrams.items():
+            datagrams.add_metric([result], n)
+        yield datagrams
+        yield GaugeMetricFamily(
+            "skew_sidecar_tap_processes",
+            "Serving processes whose counts the sidecar keeps (tap incarnations).",
+            value=len(self.sidecar.ledger),
+        )
         joiner = self.sidecar.joiner
         yield GaugeMetricFamily(
             "skew_sidecar_pending_exchanges",
@@ -239,6 +258,7 @@ class Sidecar:
         join_wait_seconds: float = 5.0,
         max_pending: int = 10_000,
         max_pending_bytes: int = 64 << 20,
+        taps: Sequence[str] = (),
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -290,6 +310,9 @@ class Sidecar:
         self._metrics = metrics_app(self.registry)
         self._random = random.random
         self._logged: set[str] = set()
+        self.tap_addresses = [TapAddress.parse(text) for text in taps]
+        self.ledger = TapLedger()
+        self._tap_transports: list[asyncio.DatagramTransport] = []
         self.registry.register(_SidecarCollector(self))
 
     # -- ASGI ---------------------------------------------------------------------------
@@ -442,6 +465,56 @@ class Sidecar:
             )
         )
 
+    # -- datagrams from in-app taps --------------------------------------------------------
+
+    def tap_datagram(self, data: bytes) -> None:
+        """One datagram from a serving process's tap: a sample, or its counts."""
+        results = self.counts.datagrams
+        try:
+            item = decode(data)
+        except TapFormatError as exc:
+            results["invalid"] += 1
+            self._log_once("tap_invalid", "first invalid tap datagram (dropped): %s", exc)
+            return
+        model = self.routes.resolve(None if item.model == DEFAULT_MODEL else item.model)
+        if model is None:
+            results["unknown_model"] += 1
+            self._unknown_model(item.model)
+            return
+        monitor = self.monitors[model]
+        if isinstance(item, TapCounts):
+            results["counts"] += 1
+            seen, dropped = self.ledger.report(item)
+            monitor.counts.seen += seen
+            for reason, n in dropped.items():
+                _bump(monitor.counts.dropped, reason, n)
+            return
+        results["sample"] += 1
+        self.ledger.received(item.model, item.incarnation)
+        # Sampled by the tap already: only the per-model cap applies (many workers).
+        if not self.caps[model].allow():
+            _bump(monitor.counts.dropped, "rate_limited")
+            return
+        monitor.submit(item.sample)
+
+    async def _open_taps(self) -> None:
+        loop = asyncio.get_running_loop()
+        for address in self.tap_addresses:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _TapProtocol(self), sock=bind(address)
+            )
+            self._tap_transports.append(transport)
+            logger.info("tap: receiving samples on %s", address.text)
+
+    def _close_taps(self) -> None:
+        for transport in self._tap_transports:
+            transport.close()
+        self._tap_transports.clear()
+        for address in self.tap_addresses:
+            if address.family == socket.AF_UNIX:
+                with contextlib.suppress(OSError):
+                    os.unlink(address.address)
+
     async def _expire_forever(self) -> None:
         while True:
             await asyncio.sleep(self._tick)
@@ -503,6 +576,7 @@ class Sidecar:
             if message["type"] == "lifespan.startup":
                 try:
                     self.start()
+                    await self._open_taps()
                 except Exception as exc:
                     logger.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -529,6 +603,7 @@ class Sidecar:
     async def stop(self) -> None:
         """Hand over waiting exchanges, then stop every monitor (flushing its window)."""
         self.ready = False
+        self._close_taps()
         logger.info("shutting down: %d CloudEvent exchange(s) pending", len(self.joiner))
         if self._expiry is not None:
             self._expiry.cancel()
@@ -551,6 +626,17 @@ class Sidecar:
                 snap.totals[0].rows if snap.totals else 0,
             )
         logger.info("stopped: every last window flushed")
+
+
+class _TapProtocol(asyncio.DatagramProtocol):
+    def __init__(self, sidecar: Sidecar) -> None:
+        self.sidecar = sidecar
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            self.sidecar.tap_datagram(data)
+        except Exception:  # one bad datagram must not stop the receiver
+            self.sidecar._log_once("tap_error", "tap datagram handling failed", exc=True)
 
 
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str:
@@ -596,6 +682,7 @@ def build(settings: ServeSettings) -> Sidecar:
         join_wait_seconds=settings.join_wait_seconds,
         max_pending=settings.max_pending,
         max_pending_bytes=settings.max_pending_bytes,
+        taps=settings.tap,
     )
 
 

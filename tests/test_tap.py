@@ -1,0 +1,345 @@
+"""The datagram tap: serving processes ship samples to one sidecar, which checks them.
+
+Wire format and ledger as pure functions; the sink against real sockets; the whole path
+through uvicorn (one worker in a thread, and `uvicorn --workers 2` in a subprocess)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from sidecar import Baseline, SkewMiddleware
+from sidecar.profile import ProfileOptions
+from sidecar.serve import Sidecar
+from sidecar.tap import (
+    LOST_IN_TRANSIT,
+    SINK_BUSY,
+    SINK_UNAVAILABLE,
+    DatagramSink,
+    TapAddress,
+    TapAddressError,
+    TapCounts,
+    TapFormatError,
+    TapLedger,
+    TapSample,
+    bind,
+    decode,
+)
+from sidecar.worker import Sample
+from tests.servers import eventually, serve
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def baseline() -> Baseline:
+    rows = [{"x": float(i % 100), "score": (i % 100) / 100} for i in range(2000)]
+    return Baseline.from_records(rows, ProfileOptions(prediction=frozenset({"score"})))
+
+
+@pytest.fixture
+def socket_path() -> Iterator[str]:
+    # AF_UNIX paths are limited to ~107 bytes: pytest's tmp_path can be longer.
+    with tempfile.TemporaryDirectory(prefix="skewtap-") as folder:
+        yield os.path.join(folder, "tap.sock")
+
+
+@pytest.fixture
+def closing() -> Iterator[list[Any]]:
+    """Sockets and sinks a test opens, closed at its end."""
+    opened: list[Any] = []
+    yield opened
+    for item in opened:
+        item.stop() if isinstance(item, DatagramSink) else item.close()
+
+
+def receiver(path: str, closing: list[Any], **options: Any) -> socket.socket:
+    sock = bind(TapAddress.parse(f"unix://{path}"), **options)
+    closing.append(sock)
+    return sock
+
+
+def sink_to(address: str, closing: list[Any], **options: Any) -> DatagramSink:
+    sink = DatagramSink(address, **options)
+    closing.append(sink)
+    return sink
+
+
+def receive_all(sock: socket.socket) -> list[bytes]:
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(1 << 20))
+        except BlockingIOError:
+            return out
+
+
+# -- addresses and the wire format --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "family", "address"),
+    [
+        ("unix:///run/skew/tap.sock", socket.AF_UNIX, "/run/skew/tap.sock"),
+        ("udp://127.0.0.1:9009", socket.AF_INET, ("127.0.0.1", 9009)),
+        ("udp://[::1]:9009", socket.AF_INET6, ("::1", 9009)),
+    ],
+)
+def test_tap_addresses_are_parsed(text: str, family: int, address: Any) -> None:
+    parsed = TapAddress.parse(text)
+    assert (parsed.family, parsed.address) == (family, address)
+
+
+@pytest.mark.parametrize(
+    "text", ["tcp://127.0.0.1:9", "unix://", "udp://127.0.0.1", "udp://host:99999", "/x.sock"]
+)
+def test_bad_tap_addresses_are_refused_naming_the_address(text: str) -> None:
+    with pytest.raises(TapAddressError, match="tap address"):
+        TapAddress.parse(text)
+
+
+def test_a_sample_crosses_the_wire_unchanged(socket_path: str, closing: list[Any]) -> None:
+    sock = receiver(socket_path, closing)
+    sink = sink_to(f"unix://{socket_path}", closing, model="churn")
+    request = [b'{"x": ', b"1.5}"]
+    response = [b'{"predictions": [0.1]}']
+    sample = Sample(request, response, 201, [(b"content-encoding", b"gzip")], [])
+    assert sink.submit(sample)
+    [datagram] = [d for d in receive_all(sock) if d[4:5] == b"S"]
+    item = decode(datagram)
+    assert isinstance(item, TapSample)
+    assert item.model == "churn"
+    assert item.incarnation == sink.incarnation
+    assert list(item.sample.request) == [b'{"x": 1.5}']
+    assert list(item.sample.response) == response
+    assert item.sample.status == 201
+    assert list(item.sample.headers) == [(b"content-encoding", b"gzip")]
+    assert list(item.sample.response_headers) == []
+
+
+def test_counts_cross_the_wire_with_only_known_drop_reasons(
+    socket_path: str, closing: list[Any]
+) -> None:
+    sock = receiver(socket_path, closing)
+    sink = sink_to(f"unix://{socket_path}", closing)
+    sink.counts.seen = 7
+    sink.counts.dropped.update({"too_large": 2, "made_up_reason": 5})
+    sink.report_counts(force=True)
+    [item] = [decode(d) for d in receive_all(sock)[-1:]]
+    assert isinstance(item, TapCounts)
+    assert (item.seen, item.sent, item.dropped) == (7, 0, {"too_large": 2})
+
+
+@pytest.mark.parametrize(
+    "datagram",
+    [
+        b"",
+        b"hello world",
+        b"SKT1X" + b"\0" * 20,
+        b"SKT1S" + b"\0" * 5,  # truncated header
+        b"SKT1S" + b"\0" * 8 + b"\x00\xc8\x00\x00\x00\x00\x00\x10\x00",  # request past the end
+        b"SKT1C" + b"\0" * 8 + b"\x00" + b"{not json",
+        b"SKT1C" + b"\0" * 8 + b"\x00" + b'{"seen": -1, "sent": 0, "dropped": {}}',
+        b"SKT1C" + b"\0" * 8 + b"\x00" + b'{"seen": 1, "sent": 0, "dropped": {"x": "y"}}',
+        b"SKT1C" + b"\0" * 8 + b"\x00" + b'{"seen": 1}',
+    ],
+)
+def test_malformed_datagrams_are_refused(datagram: bytes) -> None:
+    with pytest.raises(TapFormatError):
+        decode(datagram)
+
+
+def test_the_ledger_turns_cumulative_reports_into_increments() -> None:
+    ledger = TapLedger()
+    a, b = b"a" * 8, b"b" * 8
+    assert ledger.report(TapCounts(a, "m", 10, 0, {"too_large": 1})) == (10, {"too_large": 1})
+    assert ledger.report(TapCounts(b, "m", 5, 0, {})) == (5, {})
+    assert ledger.report(TapCounts(a, "m", 25, 0, {"too_large": 1, "sink_busy": 3})) == (
+        15,
+        {"sink_busy": 3},
+    )
+    # A report that arrives late (lower numbers) adds nothing and takes nothing back.
+    assert ledger.report(TapCounts(a, "m", 20, 0, {"too_large": 1})) == (0, {})
+
+
+def test_samples_sent_but_never_received_are_counted_as_lost() -> None:
+    ledger = TapLedger()
+    key = b"k" * 8
+    for _ in range(7):
+        ledger.received("m", key)
+    assert ledger.report(TapCounts(key, "m", 10, 10, {})) == (10, {LOST_IN_TRANSIT: 3})
+    ledger.received("m", key)
+    assert ledger.report(TapCounts(key, "m", 11, 11, {})) == (1, {})  # still 3 lost in all
+
+
+def test_the_ledger_forgets_the_least_recent_process_beyond_its_bound() -> None:
+    ledger = TapLedger(max_processes=3)
+    for i in range(10):
+        ledger.report(TapCounts(bytes([i]) * 8, "m", 1, 0, {}))
+    assert len(ledger) == 3
+
+
+# -- the sink against real sockets -----------------------------------------------------
+
+
+def test_without_a_sidecar_samples_are_dropped_and_counted_never_raised(
+    socket_path: str, closing: list[Any]
+) -> None:
+    clock = Clock()
+    sink = sink_to(f"unix://{socket_path}", closing, clock=clock)
+    for _ in range(5):
+        assert not sink.submit(Sample([b"{}"]))
+    assert sink.counts.dropped == {SINK_UNAVAILABLE: 5}
+    # The sidecar comes up: the sink reconnects at the next retry, not on every sample.
+    sock = receiver(socket_path, closing)
+    assert not sink.submit(Sample([b"{}"]))
+    clock.now += 1.0
+    assert sink.submit(Sample([b"{}"]))
+    assert len([d for d in receive_all(sock) if d[4:5] == b"S"]) == 1
+
+
+def test_a_sidecar_that_restarts_is_found_again(socket_path: str, closing: list[Any]) -> None:
+    clock = Clock()
+    sock = receiver(socket_path, closing)
+    sink = sink_to(f"unix://{socket_path}", closing, clock=clock)
+    assert sink.submit(Sample([b"{}"]))
+    sock.close()
+    os.unlink(socket_path)
+    assert not sink.submit(Sample([b"{}"]))
+    receiver(socket_path, closing)
+    clock.now += 1.0
+    assert sink.submit(Sample([b"{}"]))
+    assert sink.counts.dropped == {SINK_UNAVAILABLE: 1}
+
+
+def test_a_sidecar_that_does_not_read_fills_the_buffer_and_samples_are_dropped_as_busy(
+    socket_path: str, closing: list[Any]
+) -> None:
+    receiver(socket_path, closing, receive_buffer=4096)
+    sink = sink_to(f"unix://{socket_path}", closing)
+    body = [b"x" * 2000]
+    results = [sink.submit(Sample(body)) for _ in range(2000)]
+    assert results[0]
+    assert not all(results)
+    assert sink.counts.dropped[SINK_BUSY] == results.count(False)
+
+
+def test_a_body_too_large_for_one_udp_datagram_is_dropped_as_too_large(
+    closing: list[Any],
+) -> None:
+    sock = bind(TapAddress.parse("udp://127.0.0.1:0"))
+    closing.append(sock)
+    sink = sink_to(f"udp://127.0.0.1:{sock.getsockname()[1]}", closing)
+    assert not sink.submit(Sample([b"x" * 70_000]))
+    assert sink.counts.dropped == {"too_large": 1}
+    assert sink.submit(Sample([b"x" * 1_000]))
+
+
+def test_a_sink_refuses_a_baseline_or_extractor_beside_it(baseline: Baseline) -> None:
+    with pytest.raises(ValueError, match="sidecar"):
+        SkewMiddleware(Starlette(), sink="unix:///tmp/x.sock", baseline=baseline)
+    with pytest.raises(ValueError, match="baseline"):
+        SkewMiddleware(Starlette())
+
+
+# -- the whole path: app with a tap -> sidecar ------------------------------------------
+
+
+async def predict(request: Request) -> Response:
+    row = orjson.loads(await request.body())
+    return Response(orjson.dumps({"predictions": [row["x"] / 100]}), media_type="application/json")
+
+
+def value(app: Sidecar, name: str, **labels: str) -> float | None:
+    return app.registry.get_sample_value(name, labels)
+
+
+def test_samples_tapped_in_the_app_are_checked_and_counted_by_the_sidecar(
+    baseline: Baseline, socket_path: str
+) -> None:
+    sidecar = Sidecar({"default": baseline}, taps=[f"unix://{socket_path}"], window_seconds=3600)
+    app = SkewMiddleware(
+        Starlette(routes=[Route("/predict", predict, methods=["POST"])]),
+        sink=f"unix://{socket_path}",
+        max_samples_per_second=1e6,
+    )
+    with serve(sidecar), serve(app) as url, httpx.Client(base_url=url) as client:
+        for i in range(50):
+            response = client.post("/predict", content=orjson.dumps({"x": float(i)}))
+            assert response.json() == {"predictions": [i / 100]}
+        client.post("/predict", content=b"{broken")
+        assert eventually(lambda: value(sidecar, "skew_rows_checked_total", model="default") == 50)
+        app.monitor.report_counts(force=True)  # type: ignore[union-attr]
+        assert eventually(lambda: value(sidecar, "skew_requests_seen_total", model="default") == 51)
+        labels = {"model": "default"}
+        assert value(sidecar, "skew_requests_sampled_total", **labels) == 51
+        assert value(sidecar, "skew_samples_dropped_total", reason="invalid_json", **labels) == 1
+        assert value(sidecar, "skew_feature_values_total", feature="score", **labels) == 50
+        assert value(sidecar, "skew_sidecar_tap_datagrams_total", result="sample") == 51
+
+
+def test_with_two_uvicorn_workers_the_sidecar_counts_every_request_once(
+    baseline: Baseline, socket_path: str
+) -> None:
+    sidecar = Sidecar({"default": baseline}, taps=[f"unix://{socket_path}"], window_seconds=3600)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "SKEW_TEST_SINK": f"unix://{socket_path}", "PYTHONPATH": str(REPO)}
+    command = [
+        sys.executable, "-m", "uvicorn", "tests.apps.tapped:build", "--factory",
+        "--workers", "2", "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+    n = 200
+    with serve(sidecar):
+        server = subprocess.Popen(command, env=env, cwd=REPO)
+        try:
+            pids: set[str] = set()
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+                assert eventually(lambda: _up(client), 30), "uvicorn --workers 2 did not start"
+                for i in range(n):
+                    # A new connection each time, so both workers get requests.
+                    body = orjson.dumps({"x": float(i % 100)})
+                    close = {"connection": "close"}
+                    response = client.post("/predict", content=body, headers=close)
+                    pids.add(response.headers["x-pid"])
+            assert eventually(
+                lambda: value(sidecar, "skew_rows_checked_total", model="default") == n, 10
+            )
+        finally:
+            server.terminate()  # workers report their last counts as they stop
+            server.wait(30)
+        assert eventually(lambda: value(sidecar, "skew_requests_seen_total", model="default") == n)
+    assert len(pids) == 2, f"requests reached {len(pids)} worker(s)"
+    assert value(sidecar, "skew_sidecar_tap_processes") == 2
+    assert value(sidecar, "skew_requests_sampled_total", model="default") == n
+    assert value(sidecar, "skew_feature_values_total", model="default", feature="x") == n
+
+
+def _up(client: httpx.Client) -> bool:
+    try:
+        return client.get("/pid").status_code == 200
+    except httpx.TransportError:
+        return False
