@@ -13,6 +13,9 @@ medians; ratios are medians of per-round ratios against the no-op middleware.
   skew-all      SkewMiddleware, sample_rate=1.0, max_samples_per_second=1e9: every
                 request checked (the monitor's full cost, worker thread on core 0 too)
   exporter      starlette_exporter's PrometheusMiddleware (the popular peer)
+  sink-0.1, sink-1.0    SkewMiddleware(sink=...): samples go as datagrams to a
+                        `skew-sidecar serve --tap` process (also on core 0, nice 19);
+                        its CPU is reported in its own column
   skew-1.0+scrape       skew-1.0 while a thread GETs /metrics once a second
                         (sidecar.metrics_app: renders in a thread)
   skew-1.0+scrape-prom  the same with prometheus_client's make_asgi_app (renders on
@@ -62,9 +65,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 VARIANT_ENV = "SERVING_LOAD_VARIANT"
 BASELINE_ENV = "SERVING_LOAD_BASELINE"
+SINK_ENV = "SERVING_LOAD_SINK"
 NUMERIC = 24
 CATEGORICAL = 8
-SERVER_VARIANTS = ("bare", "noop", "skew-0.1", "skew-1.0", "skew-all", "exporter")
+SERVER_VARIANTS = (
+    "bare", "noop", "skew-0.1", "skew-1.0", "skew-all", "sink-0.1", "sink-1.0", "exporter",
+)  # fmt: skip
 
 
 class SkewOptions(TypedDict, total=False):
@@ -76,6 +82,8 @@ SKEW_OPTIONS: dict[str, SkewOptions] = {
     "skew-0.1": {"sample_rate": 0.1},
     "skew-1.0": {"sample_rate": 1.0},
     "skew-all": {"sample_rate": 1.0, "max_samples_per_second": 1e9},
+    "sink-0.1": {"sample_rate": 0.1},
+    "sink-1.0": {"sample_rate": 1.0},
 }
 # run name -> (server variant, path scraped once a second during the run, or None)
 RUNS: dict[str, tuple[str, str | None]] = {
@@ -84,7 +92,8 @@ RUNS: dict[str, tuple[str, str | None]] = {
     "skew-1.0+scrape-prom": ("skew-1.0", "/metrics-prom/"),
 }
 FIXED_LOAD_RUNS = (
-    "noop", "skew-0.1", "skew-1.0", "skew-all", "skew-1.0+scrape", "skew-1.0+scrape-prom",
+    "noop", "skew-0.1", "skew-1.0", "skew-all", "sink-0.1", "sink-1.0", "skew-1.0+scrape",
+    "skew-1.0+scrape-prom",
 )  # fmt: skip
 
 
@@ -135,6 +144,11 @@ def build_app(variant: str, baseline_path: str) -> ASGIApp:
 
         routes.append(Route("/metrics", handle_metrics))
         middleware.append(Middleware(PrometheusMiddleware))
+    elif variant.startswith("sink-"):
+        from sidecar import SkewMiddleware
+
+        sink = os.environ[SINK_ENV]
+        middleware.append(Middleware(SkewMiddleware, sink=sink, **SKEW_OPTIONS[variant]))
     elif variant in SKEW_OPTIONS:
         from sidecar import SkewMiddleware, metrics_app
 
@@ -193,6 +207,15 @@ class Server:
     port: int
     process: subprocess.Popen[bytes]
     log_path: str
+    sidecar: Server | None = None  # the sink variants' `skew-sidecar serve --tap`
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.process.pid] + ([self.sidecar.process.pid] if self.sidecar else [])
+
+    def signal(self, signum: int) -> None:
+        for process in [self.process] + ([self.sidecar.process] if self.sidecar else []):
+            process.send_signal(signum)
 
 
 def server_stack() -> tuple[str, str]:
@@ -226,6 +249,15 @@ def die_with_parent() -> None:
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG; survives exec
 
 
+def sidecar_command(port: int, baseline_path: str, sink: str) -> list[str]:
+    """The sink variants' checker: on the server's core, at the lowest priority."""
+    return [
+        "taskset", "-c", "0", "nice", "-n", "19", sys.executable, "-m", "sidecar", "serve",
+        "-b", baseline_path, "--tap", sink, "--host", "127.0.0.1", "--port", str(port),
+        "--log-level", "warning",
+    ]  # fmt: skip
+
+
 def start_server(variant: str, baseline_path: str, log_dir: str) -> Server:
     port = free_port()
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -236,16 +268,28 @@ def start_server(variant: str, baseline_path: str, log_dir: str) -> Server:
         BASELINE_ENV: baseline_path,
         "PYTHONPATH": repo + (os.pathsep + path if path else ""),
     }
-    log_path = os.path.join(log_dir, f"{variant}.log")
+    sidecar = None
+    if variant.startswith("sink-"):
+        env[SINK_ENV] = f"unix://{os.path.join(log_dir, variant + '.sock')}"
+        command = sidecar_command(free_port(), baseline_path, env[SINK_ENV])
+        sidecar = spawn(f"{variant}-sidecar", command, env, log_dir)
+    server = spawn(variant, uvicorn_command(port), env, log_dir)
+    server.sidecar = sidecar
+    return server
+
+
+def spawn(name: str, command: list[str], env: dict[str, str], log_dir: str) -> Server:
+    log_path = os.path.join(log_dir, f"{name}.log")
+    port = int(command[command.index("--port") + 1])
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            uvicorn_command(port),
+            command,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent,  # no thread is running yet
         )
-    return Server(variant, port, process, log_path)
+    return Server(name, port, process, log_path)
 
 
 def post(port: int, path: str, body: bytes, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -273,6 +317,8 @@ def get(port: int, path: str, timeout: float = 10.0) -> bytes:
 
 def wait_ready(server: Server, body: bytes, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
+    if server.sidecar is not None:
+        wait_sidecar(server.sidecar, deadline)
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             with open(server.log_path, errors="replace") as f:
@@ -287,7 +333,20 @@ def wait_ready(server: Server, body: bytes, timeout: float = 60.0) -> None:
     raise RuntimeError(f"server {server.variant!r} not ready after {timeout:.0f} s")
 
 
+def wait_sidecar(sidecar: Server, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if sidecar.process.poll() is not None:
+            with open(sidecar.log_path, errors="replace") as f:
+                raise RuntimeError(f"{sidecar.variant!r} exited early:\n{f.read()}")
+        with contextlib.suppress(OSError, RuntimeError):
+            get(sidecar.port, "/readyz")
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{sidecar.variant!r} not ready")
+
+
 def stop_servers(servers: list[Server]) -> None:
+    servers = servers + [s.sidecar for s in servers if s.sidecar is not None]
     for server in servers:
         if server.process.poll() is None:
             server.process.send_signal(signal.SIGCONT)  # a stopped process ignores SIGTERM
@@ -323,9 +382,9 @@ def wait_idle(pid: int, timeout: float = 15.0) -> None:
         last = now
 
 
-def load_snapshot(pid: int) -> tuple[float, ...]:
-    """Busy and total jiffies of cores 0 and 1, the server's CPU ticks, and this script's
-    own (with waited-for children such as wrk)."""
+def load_snapshot(pids: list[int]) -> tuple[float, ...]:
+    """Busy and total jiffies of cores 0 and 1, the server's CPU ticks (with its sidecar's),
+    and this script's own (with waited-for children such as wrk)."""
     cores: dict[str, tuple[int, int]] = {}
     with open("/proc/stat") as f:
         for line in f:
@@ -335,7 +394,8 @@ def load_snapshot(pid: int) -> tuple[float, ...]:
                 cores[name] = (sum(v) - v[3] - v[4], sum(v))
     t = os.times()
     ours = (t.user + t.system + t.children_user + t.children_system) * os.sysconf("SC_CLK_TCK")
-    return (*cores["cpu0"], *cores["cpu1"], cpu_ticks(pid)[0], ours)
+    server = sum(cpu_ticks(pid)[0] for pid in pids)
+    return (*cores["cpu0"], *cores["cpu1"], server, ours)
 
 
 def other_load(before: tuple[float, ...], after: tuple[float, ...]) -> tuple[float, float]:
@@ -369,6 +429,7 @@ class Run:
     errors: int
     cpu_us: float = math.nan
     off_loop_us: float = math.nan  # CPU of the threads other than the event loop's
+    sidecar_us: float = math.nan  # CPU of the sink variants' sidecar process
     checked: float = math.nan  # request rows checked / requests, for the skew variants
     per_batch: float = math.nan  # samples per worker batch, for the skew variants
     scrape_ms: list[float] = field(default_factory=list)
@@ -454,25 +515,31 @@ def closed_loop(
 ) -> Run:
     pid = server.process.pid
     skew = server.variant in SKEW_OPTIONS
-    wait_idle(pid)
-    before = skew_counters(server.port) if skew else {}
+    counters = server.sidecar.port if server.sidecar else server.port  # who checks
+    for p in server.pids:
+        wait_idle(p)
+    before = skew_counters(counters) if skew else {}
     ticks = cpu_ticks(pid)
+    sidecar_ticks = cpu_ticks(server.sidecar.process.pid)[0] if server.sidecar else 0
     cmd = wrk_command(server.port, duration, connections, lua)
-    snapshot = load_snapshot(pid)
+    snapshot = load_snapshot(server.pids)
     with scraping(server.port, scrape) as scraper:
         out = subprocess.run(
             cmd, capture_output=True, text=True, check=True, timeout=duration + 30
         ).stdout
-    other = other_load(snapshot, load_snapshot(pid))
-    wait_idle(pid)  # a backlog drained after the run is part of the cost
+    other = other_load(snapshot, load_snapshot(server.pids))
+    for p in server.pids:
+        wait_idle(p)  # a backlog drained after the run is part of the cost
     after = cpu_ticks(pid)
     run = parse_wrk(out)
     us_per_tick = 1e6 / os.sysconf("SC_CLK_TCK") / max(1, run.requests)
     run.cpu_us, loop = ((a - b) * us_per_tick for a, b in zip(after, ticks, strict=True))
     run.off_loop_us = run.cpu_us - loop
+    if server.sidecar:
+        run.sidecar_us = (cpu_ticks(server.sidecar.process.pid)[0] - sidecar_ticks) * us_per_tick
     run.other = other
     if skew:
-        d = {k: v - before[k] for k, v in skew_counters(server.port).items()}
+        d = {k: v - before[k] for k, v in skew_counters(counters).items()}
         run.checked = d["skew_rows_checked_total"] / max(1, run.requests)
         run.per_batch = d["skew_requests_sampled_total"] / max(1.0, d["batches"])
     if scraper:
@@ -571,12 +638,13 @@ async def _open_loop(
 def open_loop(
     server: Server, scrape: str | None, body: bytes, rate: float, duration: float, connections: int
 ) -> OpenRun:
-    wait_idle(server.process.pid)
+    for p in server.pids:
+        wait_idle(p)
     warmup = min(2.0, duration / 2)
-    snapshot = load_snapshot(server.process.pid)
+    snapshot = load_snapshot(server.pids)
     with scraping(server.port, scrape) as scraper:
         run = asyncio.run(_open_loop(server.port, body, rate, duration, connections, warmup))
-    run.other = other_load(snapshot, load_snapshot(server.process.pid))
+    run.other = other_load(snapshot, load_snapshot(server.pids))
     if scraper:
         run.scrape_ms = scraper.durations_ms
         run.missing += scraper.failures
@@ -638,6 +706,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rate", type=float, help="fixed load in req/s (default: noop / 2)")
+    parser.add_argument(
+        "--runs", help=f"comma-separated subset of: {', '.join(RUNS)} (noop is always run)"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not on PATH. Install it with: apt-get update && apt-get install -y wrk")
@@ -650,6 +721,11 @@ def main() -> None:
 
     notes: list[str] = []
     runs = dict(RUNS)
+    if args.runs:
+        chosen = {"noop", *args.runs.split(",")}
+        if chosen - set(RUNS):
+            sys.exit(f"unknown runs: {', '.join(sorted(chosen - set(RUNS)))}")
+        runs = {name: run for name, run in RUNS.items() if name in chosen}
     if importlib.util.find_spec("starlette_exporter") is None:
         del runs["exporter"]
         notes.append(
@@ -660,6 +736,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="serving_load-") as tmp:
         try:
             bench.start(tmp, dict.fromkeys(v for v, _ in runs.values()))
+            bench.runs = runs
             results = bench.closed_loop(runs)
             rate = args.rate or round(median([x.rps for x in results["noop"]]) / 2, -1)
             fixed = bench.fixed_load(rate)
@@ -685,6 +762,7 @@ class Bench:
         self.servers: dict[str, Server] = {}
         self.lua = ""
         self.repeated: list[str] = []
+        self.runs: dict[str, tuple[str, str | None]] = dict(RUNS)
 
     def start(self, tmp: str, variants: Iterable[str]) -> None:
         baseline_path = os.path.join(tmp, "baseline.json")
@@ -697,17 +775,17 @@ class Bench:
             wait_ready(server, self.body)
         for server in self.servers.values():  # warm-up, not recorded
             closed_loop(server, None, min(2.0, self.args.duration), self.args.connections, self.lua)
-            server.process.send_signal(signal.SIGSTOP)
+            server.signal(signal.SIGSTOP)
 
     @contextlib.contextmanager
     def only(self, server: Server) -> Iterator[None]:
         """Only the measured server runs; the others are stopped (SIGSTOP), so nothing
         they do while idle (timers, a monitor's worker) competes for core 0."""
-        server.process.send_signal(signal.SIGCONT)
+        server.signal(signal.SIGCONT)
         try:
             yield
         finally:
-            server.process.send_signal(signal.SIGSTOP)
+            server.signal(signal.SIGSTOP)
 
     def closed_loop(self, runs: dict[str, tuple[str, str | None]]) -> dict[str, list[Run]]:
         a = self.args
@@ -730,9 +808,10 @@ class Bench:
 
     def fixed_load(self, rate: float) -> dict[str, list[OpenRun]]:
         a = self.args
-        results: dict[str, list[OpenRun]] = {name: [] for name in FIXED_LOAD_RUNS}
+        names = [name for name in FIXED_LOAD_RUNS if name in self.runs]
+        results: dict[str, list[OpenRun]] = {name: [] for name in names}
         for r in range(a.rounds):
-            for name in rotated(list(FIXED_LOAD_RUNS), r):
+            for name in rotated(names, r):
                 variant, scrape = RUNS[name]
                 server = self.servers[variant]
                 measure = functools.partial(
@@ -813,6 +892,7 @@ def report(
             f"{median([x.p999_ms for x in runs]):.2f}",
             f"{median([x.cpu_us for x in runs]):.1f}",
             f"{median([x.off_loop_us for x in runs]):.1f}",
+            fmt(median([x.sidecar_us for x in runs]), ".1f"),
             fmt(median([x.checked for x in runs]), ".1%"),
             fmt(median([x.per_batch for x in runs]), ".1f"),
             f"{median(scrapes):.0f} / {max(scrapes):.0f}" if scrapes else "",
@@ -820,7 +900,8 @@ def report(
             str(sum(x.errors for x in runs)),
         ])  # fmt: skip
     header = ["variant", "req/s (median)", "ratio vs noop", "CPU ratio", "p50 ms", "p99 ms"]
-    header += ["p99.9 ms", "CPU µs/req", "off-loop µs/req", "checked", "samples/batch"]
+    header += ["p99.9 ms", "CPU µs/req", "off-loop µs/req", "sidecar µs/req", "checked"]
+    header += ["samples/batch"]
     print(table([*header, "scrape ms med/max", "other load % c0/c1", "errors"], rows))
     print()
     print(
@@ -852,11 +933,15 @@ def report(
         return paired_ratio([getattr(x, key) for x in runs[name]], [getattr(x, key) for x in base])
 
     print("goals (medians of per-round ratios against noop):")
-    for name, target in (("skew-1.0", 0.95), ("skew-0.1", 0.99)):
-        cpu = f" (CPU ratio {1 / ratio(name, 'cpu_us', results, noop):.3f}x)"
-        print(goal(f"{name} req/s vs noop", ratio(name, "rps", results, noop), target, True, cpu))
-    p99 = ratio("skew-1.0", "p99_ms", fixed, noop_fixed)
-    print(goal("skew-1.0 p99 at fixed load vs noop", p99, 1.10, False))
+    for name, target in (("skew-1.0", 0.95), ("skew-0.1", 0.99), ("sink-1.0", 0.97)):
+        if name in results:
+            cpu = f" (CPU ratio {1 / ratio(name, 'cpu_us', results, noop):.3f}x)"
+            rps = ratio(name, "rps", results, noop)
+            print(goal(f"{name} req/s vs noop", rps, target, True, cpu))
+    for name in ("skew-1.0", "sink-1.0"):
+        if name in fixed:
+            p99 = ratio(name, "p99_ms", fixed, noop_fixed)
+            print(goal(f"{name} p99 at fixed load vs noop", p99, 1.10, False))
     print()
     print("server: " + shlex.join(uvicorn_command(0)).replace("--port 0", "--port PORT"))
     load = shlex.join(wrk_command(0, args.duration, args.connections, "post.lua"))
@@ -871,7 +956,9 @@ CPU µs/req: utime+stime of the server process (all threads) from just before th
   until it is idle again (a sample backlog drained after the run counts), / requests.
 CPU ratio: noop's CPU µs/req / the variant's (capacity on one core; steadier than req/s
   when other processes share the cores). off-loop: CPU in threads other than the event
-  loop's (the monitor's worker, metrics rendering). checked: request rows checked /
+  loop's (the monitor's worker, metrics rendering). sidecar: the CPU of the sink
+  variants' `skew-sidecar serve --tap` process (on core 0 too, nice 19), not in CPU
+  µs/req. checked: request rows checked /
   requests. samples/batch: samples per worker batch (from skew_monitor_batch_seconds).
 sender lag: the open-loop generator's own lateness, subtracted from its latencies.
 missing: fixed-load requests scheduled but not completed, and failed scrapes.
