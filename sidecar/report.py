@@ -290,17 +290,22 @@ def _numeric_labels(stats: NumericStats) -> list[str]:
     if bins is None:
         return []
     if bins.values is not None:
-        return [_fmt(v) for v in bins.values] + ["other"]
-    edges = [_fmt(e) for e in bins.edges or []]
-    bounds = ["-inf", *edges, "+inf"]
+        return [*_distinct(bins.values), "other"]
+    bounds = ["-inf", *_distinct(bins.edges or []), "+inf"]
     return [
         f"({a}, {b}]" if b != "+inf" else f"({a}, {b})"
         for a, b in zip(bounds, bounds[1:], strict=False)
     ]
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.6g}"
+def _distinct(values: list[float]) -> list[str]:
+    """Short labels for increasing values: 6 significant digits, more where neighbours
+    would share a label (1000000.01 and 1000000.02), up to the exact value."""
+    for digits in (6, 9, 12, 17):
+        labels = [f"{v:.{digits}g}" for v in values]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [repr(v) for v in values]
 
 
 def _verdict(bins: _Bins, psi: float | None, rows: int, rule: DriftRule) -> dict[str, Any]:

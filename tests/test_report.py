@@ -164,3 +164,14 @@ def test_report_json_uses_the_documented_keys_and_nulls() -> None:
         "wasserstein", "ks", "mean_shift", "scale_ratio", "drifted",
     }  # fmt: skip
     assert required <= set(x) and required <= set(c)
+
+
+def test_bin_labels_stay_distinct_when_edges_agree_to_six_digits() -> None:
+    baseline = Baseline.from_records([{"t": 1_000_000 + i * 0.01} for i in range(1000)])
+    window = Engine(baseline)
+    window.check([{"t": 1_000_000 + i * 0.01} for i in range(0, 1000, 7)])
+    report = build_report(window.close_window(), baseline, DriftRule())
+    labels = report.features["t"].bin_labels
+    assert len(labels) == 10
+    assert len(set(labels)) == len(labels)
+    assert labels[0].startswith("(-inf, 1000000.")
