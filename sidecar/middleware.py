@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Collection
-from typing import Any
+from collections.abc import Collection, Iterator, Mapping
+from typing import Any, TypeAlias
 
 from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .baseline import Baseline, BaselineError
+from .models import Routes, model_from_path
 from .report import DriftRule
 from .sampling import Sampler
 from .tap import DatagramSink
@@ -25,6 +28,38 @@ HEALTH_PATHS = frozenset(
     {"/metrics", "/health", "/healthz", "/ready", "/readyz", "/live", "/livez", "/ping"}
 )
 ROUTE_CACHE_SIZE = 4096
+BaselineSource: TypeAlias = "str | os.PathLike[str] | Baseline"
+
+
+class _Target:
+    """Where one model's samples go, and its sampler."""
+
+    __slots__ = ("monitor", "sample_responses", "sampler")
+
+    def __init__(self, monitor: Monitor | DatagramSink, sampler: Sampler, responses: bool) -> None:
+        self.monitor = monitor
+        self.sampler = sampler
+        self.sample_responses = responses and monitor.checks_responses
+
+
+class _UnknownModels(Collector):
+    """Requests naming a model without a baseline: counted, the name never kept."""
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler = sampler  # rate 0: it only counts
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "skew_unknown_model_requests",
+            "Watched requests naming a model that has no baseline (the name is not kept).",
+            value=self.sampler.seen,
+        )
+
+
+_UNROUTED: Any = object()  # a path not looked at yet
 
 
 class SkewMiddleware:
@@ -33,13 +68,18 @@ class SkewMiddleware:
     ```python
     app.add_middleware(SkewMiddleware, baseline="baseline.json", model="churn")
     ```
+
+    `baseline` may also map model names to baselines: the model is then read from
+    multi-model paths (`/v1/models/{name}:predict`, `/v2/models/{name}/infer`), other
+    paths go to `model` (if it is one of them, or to the only one), and a name without
+    a baseline is counted in `skew_unknown_model_requests_total`, never a label.
     """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        baseline: str | os.PathLike[str] | Baseline | None = None,
+        baseline: BaselineSource | Mapping[str, BaselineSource] | None = None,
         model: str = "default",
         sink: str | None = None,
         sample_rate: float = 1.0,
@@ -56,11 +96,11 @@ class SkewMiddleware:
         extractor: Extractor | None = None,
         export_bins: bool = True,
     ) -> None:
-        sampler = Sampler(sample_rate, max_samples_per_second)  # validates both
+        Sampler(sample_rate, max_samples_per_second)  # validates both, before any loading
         if max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes!r}")
         self.app = app
-        self.monitor: Monitor | DatagramSink
+        monitors: dict[str, Monitor | DatagramSink] = {}
         if sink is not None:
             if baseline is not None or extractor is not None:
                 raise ValueError(
@@ -68,48 +108,57 @@ class SkewMiddleware:
                     "baseline and extracts rows: give baseline= and extractor= to the sidecar"
                 )
             # Checked in the sidecar process: one datagram per sample, nothing else here.
-            self.monitor = DatagramSink(sink, model=model)
+            monitors[model] = DatagramSink(sink, model=model)
         elif baseline is None:
             raise ValueError("SkewMiddleware needs a baseline (checked here) or a sink=")
         else:
-            # Load now: a bad baseline fails the app's startup, not its first request.
-            if isinstance(baseline, Baseline):
-                loaded = baseline
-            else:
-                try:
-                    loaded = Baseline.load(baseline)
-                except BaselineError as exc:
-                    raise BaselineError(f"SkewMiddleware(model={model!r}): {exc}") from None
-            self.monitor = Monitor(
-                loaded,
-                model=model,
-                queue_size=queue_size,
-                window_seconds=window_seconds,
-                rule=DriftRule(min_rows=min_window_rows),
-                extractor=extractor,
-                registry=registry,
-                export_bins=export_bins,  # off for very wide models: bins x features series
-            )
-        self.sampler = self.monitor.sampler = sampler
+            named = baseline if isinstance(baseline, Mapping) else {model: baseline}
+            if not named:
+                raise ValueError("SkewMiddleware(baseline={}): no model to check")
+            for name, source in named.items():
+                monitors[name] = Monitor(
+                    _load(source, name),
+                    model=name,
+                    queue_size=queue_size,
+                    window_seconds=window_seconds,
+                    rule=DriftRule(min_rows=min_window_rows),
+                    extractor=extractor,
+                    registry=registry,
+                    export_bins=export_bins,  # off for very wide models: bins x features
+                )
+        self.targets = {
+            name: _Target(m, Sampler(sample_rate, max_samples_per_second), sample_responses)
+            for name, m in monitors.items()
+        }
+        for target in self.targets.values():
+            target.monitor.sampler = target.sampler  # it exports seen and refused counts
+        default: str | None = model if model in monitors else next(iter(monitors))
+        if len(monitors) > 1 and model not in monitors:
+            default = None  # several models and no default: unnamed paths are unknown
+        self.routes = Routes(frozenset(monitors), default)
+        # The default model's monitor (the only one, usually).
+        self.monitor = monitors[default if default is not None else next(iter(monitors))]
+        self._unknown = _Target(self.monitor, Sampler(0.0, 1.0), False)
+        if len(monitors) > 1 and registry is not None:
+            registry.register(_UnknownModels(self._unknown.sampler))
         self.methods = frozenset(m.upper() for m in methods)
         self.paths = tuple(paths) if paths is not None else None
         self.exclude_paths = frozenset(exclude_paths)
         self.max_body_bytes = max_body_bytes
-        self.sample_responses = sample_responses and self.monitor.checks_responses
-        self._watched: dict[str, bool] = {}  # path -> watched, for the first paths seen
+        self._routed: dict[str, _Target | None] = {}  # path -> target, for the first paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Every request pays for this branch: a few dict lookups and one decrement.
         if scope["type"] == "http" and scope["method"] in self.methods:
-            watched = self._watched.get(scope["path"])
-            if watched is None:
-                watched = self._route(scope["path"])
-            if watched:
-                sampler = self.sampler
+            target = self._routed.get(scope["path"], _UNROUTED)
+            if target is _UNROUTED:
+                target = self._route(scope["path"])
+            if target is not None:
+                sampler = target.sampler
                 sampler.countdown -= 1
-                if sampler.countdown <= 0 and self._take():
-                    tap = _Tap(self, scope, receive, send)
-                    if self.sample_responses:
+                if sampler.countdown <= 0 and self._take(target):
+                    tap = _Tap(target, self.max_body_bytes, scope, receive, send)
+                    if target.sample_responses:
                         await self.app(scope, tap.receive, tap.send)
                     else:
                         # Nothing to read in the response: the request is submitted once
@@ -121,55 +170,73 @@ class SkewMiddleware:
             return
         await self.app(scope, receive, send)
 
-    def _route(self, path: str) -> bool:
-        """Whether requests to `path` are watched; remembered for the first paths seen
-        (paths with ids in them must not grow the memory without bound)."""
+    def _route(self, path: str) -> _Target | None:
+        """The target of requests to `path` (None: not watched); remembered for the first
+        paths seen (paths with ids in them must not grow the memory without bound)."""
         try:
-            watched = not (path in self.exclude_paths or path.rstrip("/") in self.exclude_paths)
-            if self.paths is not None and not path.startswith(self.paths):
-                watched = False
+            target: _Target | None = None
+            excluded = path in self.exclude_paths or path.rstrip("/") in self.exclude_paths
+            if not excluded and (self.paths is None or path.startswith(self.paths)):
+                name = model_from_path(path) if len(self.targets) > 1 else None
+                model = self.routes.resolve(name)
+                target = self._unknown if model is None else self.targets[model]
         except Exception:
             self.monitor._error("worker")
-            return False
-        if len(self._watched) < ROUTE_CACHE_SIZE:
-            self._watched[path] = watched
-        return watched
+            return None
+        if len(self._routed) < ROUTE_CACHE_SIZE:
+            self._routed[path] = target
+        return target
 
-    def _take(self) -> bool:
+    def _take(self, target: _Target) -> bool:
         """The sampler's countdown ran out: sample this request unless the cap refuses."""
         try:
-            if not self.sampler.take():
+            if not target.sampler.take():
                 return False
-            if not self.monitor.started:
-                self.monitor.start()  # mounted sub-apps never see lifespan events
+            if not target.monitor.started:
+                target.monitor.start()  # mounted sub-apps never see lifespan events
             return True
         except Exception:
-            self.monitor._error("worker")
+            target.monitor._error("worker")
             return False
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Start the worker once the app's startup completed; stop it (flushing the last
-        window) when shutdown begins. A failed startup starts nothing."""
+        """Start the workers once the app's startup completed; stop them (flushing the
+        last windows) when shutdown begins. A failed startup starts nothing."""
+
+        def stop_all() -> None:
+            for target in self.targets.values():
+                try:
+                    target.monitor.stop()
+                except Exception:
+                    target.monitor._error("worker")
 
         async def wrapped_receive() -> Message:
             message = await receive()
             if message["type"] == "lifespan.shutdown":
-                try:
-                    # Joining the thread flushes the last window; not on the loop.
-                    await asyncio.get_running_loop().run_in_executor(None, self.monitor.stop)
-                except Exception:
-                    self.monitor._error("worker")
+                # Joining the threads flushes the last windows; not on the loop.
+                await asyncio.get_running_loop().run_in_executor(None, stop_all)
             return message
 
         async def wrapped_send(message: Message) -> None:
             if message["type"] == "lifespan.startup.complete":
-                try:
-                    self.monitor.start()
-                except Exception:
-                    self.monitor._error("worker")
+                for target in self.targets.values():
+                    try:
+                        target.monitor.start()
+                    except Exception:
+                        target.monitor._error("worker")
             await send(message)
 
         await self.app(scope, wrapped_receive, wrapped_send)
+
+
+def _load(source: BaselineSource, model: str) -> Baseline:
+    """Load now: a bad baseline fails the app's startup, not its first request."""
+    if isinstance(source, Baseline):
+        return source
+    try:
+        return Baseline.load(source)
+    except BaselineError as exc:
+        raise BaselineError(f"SkewMiddleware(model={model!r}): {exc}") from None
 
 
 class _Tap:
@@ -184,7 +251,7 @@ class _Tap:
         "_send",
         "finished",
         "headers",
-        "middleware",
+        "limit",
         "overflow",
         "request",
         "request_done",
@@ -193,12 +260,14 @@ class _Tap:
         "response_headers",
         "response_size",
         "status",
+        "target",
     )
 
     def __init__(
-        self, middleware: SkewMiddleware, scope: Scope, receive: Receive, send: Send
+        self, target: _Target, limit: int, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        self.middleware = middleware
+        self.target = target
+        self.limit = limit
         self._receive = receive
         self._send = send
         self.request: list[bytes] = []
@@ -221,18 +290,18 @@ class _Tap:
                     body = message.get("body", b"")
                     if body:
                         self.request_size += len(body)
-                        if self.request_size <= self.middleware.max_body_bytes:
+                        if self.request_size <= self.limit:
                             self.request.append(body)
                         else:
                             self.overflow = True
                     if not message.get("more_body", False):
                         self.request_done = True
-                        if not self.middleware.sample_responses:
+                        if not self.target.sample_responses:
                             self.finish()
                 elif kind == "http.disconnect":
                     self.finish()  # the client left mid-body: counted once, nothing queued
         except Exception:
-            self.middleware.monitor._error("worker")
+            self.target.monitor._error("worker")
         return message
 
     async def send(self, message: Message) -> None:
@@ -243,7 +312,7 @@ class _Tap:
                 body = message.get("body", b"")
                 if body:
                     self.response_size += len(body)
-                    if self.response_size <= self.middleware.max_body_bytes:
+                    if self.response_size <= self.limit:
                         self.response.append(body)
                 if not message.get("more_body", False):
                     self.finish()
@@ -251,13 +320,13 @@ class _Tap:
                 self.status = message["status"]
                 self.response_headers = message.get("headers", ())
         except Exception:
-            self.middleware.monitor._error("worker")
+            self.target.monitor._error("worker")
 
     def finish(self) -> None:
         if self.finished:
             return  # a disconnect finished it before the response did
         self.finished = True
-        monitor = self.middleware.monitor
+        monitor = self.target.monitor
         if self.overflow:
             _bump(monitor.counts.dropped, "too_large")
         elif not self.request_done:
@@ -266,7 +335,7 @@ class _Tap:
             _bump(monitor.counts.dropped, "empty_body")
         else:
             # A response over the size limit is left out; the request is still checked.
-            too_big = self.response_size > self.middleware.max_body_bytes
+            too_big = self.response_size > self.limit
             response = () if too_big else self.response
             monitor.submit(
                 Sample(self.request, response, self.status, self.headers, self.response_headers)

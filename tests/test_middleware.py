@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -517,3 +517,65 @@ def test_an_idle_monitor_with_a_short_window_does_not_spin(baseline: Baseline) -
     used = time.process_time() - before
     monitor.stop()
     assert used < 0.3  # a spinning worker burns ~1 s of CPU here
+
+
+def multi_model_app() -> Starlette:
+    return Starlette(
+        routes=[
+            Route("/predict", predict, methods=["POST"]),
+            Route("/v1/models/{name}:predict", predict, methods=["POST"]),
+            Route("/v2/models/{name}/infer", predict, methods=["POST"]),
+        ]
+    )
+
+
+def test_several_models_are_routed_by_the_model_name_in_the_path(baseline: Baseline) -> None:
+    registry = CollectorRegistry()
+    mw = SkewMiddleware(
+        multi_model_app(),
+        baseline={"churn": baseline, "fraud": baseline},
+        model="churn",  # where paths without a model name go
+        registry=registry,
+    )
+    paths = ["/v2/models/fraud/infer"] * 3 + ["/v1/models/churn:predict"] * 2 + ["/predict"] * 4
+    paths += ["/v2/models/unknown-model/infer"] * 5
+
+    async def run() -> None:
+        for path in paths:
+            response = await request(mw, path=path, chunks=[body({"x": 1.0, "c": "a"})])
+            assert response.status == 200
+
+    asyncio.run(run())
+    for target in mw.targets.values():
+        target.monitor.stop()
+    assert value(registry, "skew_rows_checked_total", model="fraud") == 3
+    assert value(registry, "skew_rows_checked_total", model="churn") == 6
+    assert value(registry, "skew_requests_seen_total", model="churn") == 6
+    assert registry.get_sample_value("skew_unknown_model_requests_total") == 5
+    text = generate_latest(registry).decode()
+    assert "unknown-model" not in text  # a name without a baseline never becomes a label
+
+
+def test_without_a_default_model_paths_naming_no_model_are_unknown(baseline: Baseline) -> None:
+    registry = CollectorRegistry()
+    mw = SkewMiddleware(
+        multi_model_app(), baseline={"a": baseline, "b": baseline}, registry=registry
+    )
+    asyncio.run(request(mw, path="/predict", chunks=[body({"x": 1.0})]))
+    asyncio.run(request(mw, path="/v2/models/b/infer", chunks=[body({"x": 1.0})]))
+    for target in mw.targets.values():
+        target.monitor.stop()
+    assert registry.get_sample_value("skew_unknown_model_requests_total") == 1
+    assert value(registry, "skew_rows_checked_total", model="b") == 1
+    assert value(registry, "skew_rows_checked_total", model="a") == 0
+
+
+def test_a_bad_baseline_among_several_fails_naming_its_model(
+    baseline: Baseline, tmp_path: Path
+) -> None:
+    with pytest.raises(BaselineError, match="fraud.*nope.json"):
+        SkewMiddleware(
+            make_app(),
+            baseline={"churn": baseline, "fraud": tmp_path / "nope.json"},
+            registry=CollectorRegistry(),
+        )
