@@ -1,0 +1,475 @@
+"""deploy/prometheus and the dashboard against real parts: promtool, and a real Prometheus
+scraping tapped apps served by uvicorn.
+
+One Prometheus (scrape and rule evaluation every second) scrapes five targets:
+
+- churn-a, churn-b: two replicas of model "churn", SkewMiddleware with its own registry
+  and /metrics each, 1-second windows. They get the same skewed mix of rows, 3:1.
+- canary-old, canary-new: model "canary" on two different baselines. canary-old's
+  extractor always fails (100 requests, no row checked); canary-new gets no traffic.
+- sidecar: `skew-sidecar serve`'s app for model "fraud", sent one request for an
+  unknown model.
+
+The traffic is designed so that every alert in deploy/prometheus/alert_rules.yml holds.
+Prometheus loads the recording rules as they are and a copy of the alert rules whose
+`for:` is 0s (the real durations are minutes; promtool's tests cover them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from sidecar import Baseline, SkewMiddleware, metrics_app
+from sidecar.measures import js_distance, psi
+from sidecar.models import Routes
+from sidecar.serve import Sidecar
+from tests.prometheus import Prometheus, binary, run_prometheus
+from tests.servers import eventually, serve
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "deploy" / "prometheus"
+RECORDING = RULES / "recording_rules.yml"
+ALERTING = RULES / "alert_rules.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "skew-sidecar.json"
+JSON = {"content-type": "application/json"}
+
+# One unit of the skewed mix (40 rows). x was trained on 0..99 (ten bins of 0.1), c on
+# a, b, c (a third each). x: 16 above the max, 4 below the min, 8 in (49, 59], 4 in
+# (9, 19], 4 rows without x and 4 with x as a string: 32 binned values. c: 20 a, 10 b,
+# 10 never seen in training (binned as __other__), no c at all.
+UNIT_X: list[Any] = [500.0] * 16 + [-5.0] * 4 + [55.0] * 8 + [15.0] * 4 + [None] * 4 + ["12"] * 4
+UNIT_C = ["a"] * 20 + ["b"] * 10 + ["zzz"] * 10
+UNITS = {"churn-a": 3, "churn-b": 1}
+CANARY_REQUESTS = 100
+
+
+def unit() -> list[dict[str, Any]]:
+    rows = []
+    for x, c in zip(UNIT_X, UNIT_C, strict=True):
+        row: dict[str, Any] = {"c": c}
+        if x is not None:
+            row["x"] = x
+        rows.append(row)
+    return rows
+
+
+# -- promtool ----------------------------------------------------------------------------
+
+
+def test_a_missing_binary_fails_under_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run the Prometheus tests"):
+        binary("prometheus")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="prometheus is not installed"):
+        binary("prometheus")
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [binary("promtool"), *args], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+
+
+def test_promtool_accepts_the_rule_files_and_the_example_config() -> None:
+    rules = promtool("check", "rules", str(RECORDING), str(ALERTING))
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+    assert "SUCCESS: 8 rules found" in rules.stdout
+    assert "SUCCESS: 13 rules found" in rules.stdout
+    config = promtool("check", "config", str(RULES / "prometheus.yml"))
+    assert config.returncode == 0, config.stdout + config.stderr
+
+
+def test_promtool_unit_tests_of_every_rule_pass() -> None:
+    files = sorted(str(p) for p in (RULES / "tests").glob("*.yml"))
+    assert len(files) == 2
+    result = promtool("test", "rules", *files)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("SUCCESS") == 2
+
+
+def test_promtool_tests_cover_every_alert_firing_and_silent() -> None:
+    alerts = {
+        r["alert"] for g in yaml.safe_load(ALERTING.read_text())["groups"] for r in g["rules"]
+    }
+    tests = yaml.safe_load((RULES / "tests" / "alert_rules_test.yml").read_text())["tests"]
+    firing: set[str] = set()
+    silent: set[str] = set()
+    for case in tests:
+        for check in case["alert_rule_test"]:
+            (firing if check["exp_alerts"] else silent).add(check["alertname"])
+    assert firing == alerts
+    assert silent == alerts
+
+
+# -- the fleet -----------------------------------------------------------------------------
+
+
+def churn_baseline() -> Baseline:
+    """x: 0..99 (ten quantile bins); c: "a" | "b" | "c"."""
+    return Baseline.from_records([{"x": float(i % 100), "c": "abc"[i % 3]} for i in range(2000)])
+
+
+def other_baseline() -> Baseline:
+    return Baseline.from_records([{"x": float(i % 50), "c": "ab"[i % 2]} for i in range(1000)])
+
+
+async def predict(request: Request) -> Response:
+    try:
+        payload = json.loads(await request.body())
+    except ValueError:
+        return JSONResponse({"error": "invalid JSON"}, status_code=400)
+    rows = payload if isinstance(payload, list) else [payload]
+    return JSONResponse({"predictions": [0.5] * len(rows)})
+
+
+def broken_extractor(body: Any) -> Sequence[Any]:
+    raise ValueError("this extractor always fails (a test of skew_monitor_errors_total)")
+
+
+@dataclass
+class Target:
+    name: str
+    registry: CollectorRegistry
+    model: str
+    app: Any
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return self.registry.get_sample_value(name, {"model": self.model, **labels})
+
+    def family(self, name: str, feature: str) -> dict[str, float]:
+        """{bin: value} of one feature's per-bin family."""
+        return {
+            s.labels["bin"]: s.value
+            for metric in self.registry.collect()
+            for s in metric.samples
+            if s.name == name and s.labels.get("feature") == feature
+        }
+
+
+def tapped(name: str, model: str, baseline: Baseline, **options: Any) -> Target:
+    registry = CollectorRegistry()
+    app = Starlette(
+        routes=[
+            Route("/predict", predict, methods=["POST"]),
+            Mount("/metrics", app=metrics_app(registry)),
+        ]
+    )
+    tap = SkewMiddleware(
+        app,
+        baseline=baseline,
+        model=model,
+        registry=registry,
+        window_seconds=1,
+        min_window_rows=10,
+        **options,
+    )
+    return Target(name, registry, model, tap)
+
+
+@dataclass
+class Stack:
+    prometheus: Prometheus
+    targets: dict[str, Target]
+    instances: dict[str, str]  # target name -> host:port
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    binary("prometheus")  # skip (or fail under CI) before starting anything
+    churn, other = churn_baseline(), other_baseline()
+    sidecar_registry = CollectorRegistry()
+    targets = {
+        "churn-a": tapped("churn-a", "churn", churn),
+        "churn-b": tapped("churn-b", "churn", churn),
+        "canary-old": tapped("canary-old", "canary", churn, extractor=broken_extractor),
+        "canary-new": tapped("canary-new", "canary", other),
+        "sidecar": Target(
+            "sidecar",
+            sidecar_registry,
+            "fraud",
+            Sidecar(
+                {"fraud": churn},
+                routes=Routes.from_specs(["fraud"]),
+                registry=sidecar_registry,
+                window_seconds=1,
+                min_window_rows=10,
+            ),
+        ),
+    }
+    workdir = tmp_path_factory.mktemp("prometheus")
+    alerting = workdir / "alert_rules.yml"
+    alerting.write_text(yaml.safe_dump(with_for_zero(yaml.safe_load(ALERTING.read_text()))))
+    with contextlib.ExitStack() as stack:
+        urls = {name: stack.enter_context(serve(t.app)) for name, t in targets.items()}
+        instances = {name: url.removeprefix("http://") for name, url in urls.items()}
+        prometheus = stack.enter_context(
+            run_prometheus(workdir, {"skew": list(instances.values())}, [RECORDING, alerting])
+        )
+        # Every bin series is scraped at 0 before any traffic: increase() then counts
+        # every value from the first (the exporter creates all bins at 0, as
+        # tests/test_deploy.py checks).
+        bins = 2 * (10 + 4)  # two churn replicas, x's ten bins and c's four
+        prometheus.wait_for(
+            "a first scrape of every target",
+            lambda: (
+                len(prometheus.query("up == 1")) == len(targets)
+                and len(prometheus.query('skew_feature_bin_total{model="churn"} == 0')) == bins
+            ),
+        )
+        send_traffic(urls)
+        checked = {name: units * len(UNIT_C) for name, units in UNITS.items()}
+        for name, rows in checked.items():
+            assert eventually(window_of(targets[name], rows), 10), name
+        canary = targets["canary-old"]
+        assert eventually(
+            lambda: canary.value("skew_monitor_errors_total", stage="extract") == CANARY_REQUESTS,
+            10,
+        )
+        prometheus.wait_for(
+            "the final counts in Prometheus",
+            lambda: (
+                prometheus.values('skew_window_rows{model="churn"}', "instance")
+                == {(instances[name],): float(n) for name, n in checked.items()}
+                and prometheus.values('skew_monitor_errors_total{stage="extract"} > 0', "instance")
+                == {(instances["canary-old"],): float(CANARY_REQUESTS)}
+            ),
+        )
+        final_at = time.time()
+        # A rule evaluation after that: the recorded series hold the final counts.
+        prometheus.wait_for(
+            "a rule evaluation after the final scrape",
+            lambda: len(evaluated_after(prometheus, final_at)) == 2,
+        )
+        yield Stack(prometheus, targets, instances)
+
+
+def evaluated_after(prometheus: Prometheus, moment: float) -> list[float]:
+    """Timestamps of churn's recorded fleet JS distances evaluated after `moment`."""
+    series = prometheus.query(
+        'timestamp(model_feature:skew_feature_js_distance:fleet1h{model="churn"})'
+    )
+    return [float(s["value"][1]) for s in series if float(s["value"][1]) > moment]
+
+
+def window_of(target: Target, rows: int) -> Callable[[], bool]:
+    """Whether the target's last closed window holds `rows` request rows."""
+    return lambda: target.value("skew_window_rows") == rows
+
+
+def with_for_zero(rules: dict[str, Any]) -> dict[str, Any]:
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                rule["for"] = "0s"
+    return rules
+
+
+def send_traffic(urls: dict[str, str]) -> None:
+    def post(name: str, path: str, body: bytes, status: int = 200) -> None:
+        response = httpx.post(urls[name] + path, content=body, headers=JSON, timeout=5.0)
+        assert response.status_code == status, (name, path, response.text)
+
+    # Each replica's rows in one request: one window holds them all.
+    for name, units in UNITS.items():
+        post(name, "/predict", orjson.dumps(unit() * units))
+    post("churn-a", "/predict", b'{"x": 1.0,', 400)  # invalid JSON: a dropped sample
+    asyncio.run(post_many(urls["canary-old"] + "/predict", CANARY_REQUESTS))
+    # Mirrored requests, answered 204: one for the sidecar's model, one for a model it
+    # has no baseline for.
+    post("sidecar", "/v1/models/fraud:predict", orjson.dumps({"instances": unit()[:4]}), 204)
+    post("sidecar", "/v1/models/other:predict", orjson.dumps({"instances": unit()[:4]}), 204)
+
+
+async def post_many(url: str, n: int) -> None:
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        responses = await asyncio.gather(
+            *(client.post(url, content=b'{"x": 1.0, "c": "a"}', headers=JSON) for _ in range(n))
+        )
+    assert [r.status_code for r in responses] == [200] * n
+
+
+# -- fleet PSI ----------------------------------------------------------------------------
+
+
+def test_fleet_psi_and_js_equal_the_engines_on_the_summed_bin_counts(stack: Stack) -> None:
+    """The recording rules' PSI and JS equal `measures.psi` / `js_distance` on the bin
+    counts summed over both replicas, to 1e-6.
+
+    increase() extrapolates each series by a factor set by its own scrape times. All bins
+    of one replica share it (same scrapes, all scraped at 0 before the traffic), but the
+    two replicas are scraped at different moments within each second, so their factors
+    differ by up to a few percent over this short test. That changes the fleet's
+    fractions unless every replica sends the same mix; hence the 3:1 split of one mix.
+    (With different mixes on the two replicas, the fleet PSI measured 1-4 % off the
+    engine's in the first ten seconds, shrinking as the series age: the factors differ
+    by about a scrape interval over the series' age within the window.)
+    deploy/prometheus/tests/recording_rules_test.yml checks replicas with different
+    mixes, where the samples line up and increase() is exact.
+    """
+    prometheus, a, b = stack.prometheus, stack.targets["churn-a"], stack.targets["churn-b"]
+    recorded_psi = prometheus.values(
+        'model_feature:skew_feature_psi:fleet1h{model="churn"}', "feature"
+    )
+    recorded_js = prometheus.values(
+        'model_feature:skew_feature_js_distance:fleet1h{model="churn"}', "feature"
+    )
+    assert set(recorded_psi) == set(recorded_js) == {("x",), ("c",)}
+
+    for feature, expected_counts in {
+        # 4 units: x 64 above the max, 16 below, 32 in (49, 59], 16 in (9, 19].
+        "x": {"(-inf, 9]": 16, "(9, 19]": 16, "(49, 59]": 32, "(89, +inf)": 64},
+        "c": {"a": 80, "b": 40, "__other__": 40},
+    }.items():
+        bins_a = a.family("skew_feature_bin_total", feature)
+        bins_b = b.family("skew_feature_bin_total", feature)
+        labels = list(bins_a)
+        counts = np.array([bins_a[k] + bins_b[k] for k in labels])
+        assert {k: n for k, n in zip(labels, counts, strict=True) if n} == expected_counts
+        fractions = np.array(
+            [a.family("skew_feature_baseline_fraction", feature)[k] for k in labels]
+        )
+        engine_psi, engine_js = psi(fractions, counts), js_distance(fractions, counts)
+        # The replicas alone see other volumes, so the guard (100 values) needs the sum:
+        # x has 96 values on churn-a and 32 on churn-b.
+        print(
+            f"{feature}: fleet PSI {recorded_psi[(feature,)]!r} engine {engine_psi!r} "
+            f"diff {abs(recorded_psi[(feature,)] - engine_psi):.3g}; "
+            f"JS {recorded_js[(feature,)]!r} engine {engine_js!r} "
+            f"diff {abs(recorded_js[(feature,)] - engine_js):.3g}"
+        )
+        assert engine_psi > 0.25
+        assert recorded_psi[(feature,)] == pytest.approx(engine_psi, abs=1e-6, rel=0)
+        assert recorded_js[(feature,)] == pytest.approx(engine_js, abs=1e-6, rel=0)
+
+
+# -- every expression returns data -----------------------------------------------------------
+
+
+def rule_expressions() -> list[tuple[str, str]]:
+    out = []
+    for path in (RECORDING, ALERTING):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                out.append((rule.get("record") or rule["alert"], rule["expr"]))
+    return out
+
+
+DASHBOARD_VARIABLES = {
+    "${datasource}": "prometheus",
+    "$model": "churn",
+    "$feature": "x",
+    "$__rate_interval": "1m",
+    "$__interval": "15s",
+    "$__range": "1h",
+}
+
+
+def dashboard_expressions() -> list[tuple[str, str]]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    out = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for variable, value in DASHBOARD_VARIABLES.items():
+                expr = expr.replace(variable, value)
+            assert "$" not in expr, f"panel {panel['title']!r}: unsubstituted variable in {expr}"
+            out.append((f"{panel['title']} / {target['refId']}", expr))
+    return out
+
+
+def test_every_rule_expression_returns_data_after_the_traffic(stack: Stack) -> None:
+    expressions = rule_expressions()
+    assert len(expressions) == 21
+    empty = [name for name, expr in expressions if not stack.prometheus.query(expr)]
+    assert empty == []
+
+
+def test_every_dashboard_query_returns_data_after_the_traffic(stack: Stack) -> None:
+    expressions = dashboard_expressions()
+    assert len(expressions) >= 15
+    empty = [name for name, expr in expressions if not stack.prometheus.query(expr)]
+    assert empty == []
+
+
+# -- alerts ----------------------------------------------------------------------------------
+
+
+def firing(prometheus: Prometheus) -> set[tuple[str, frozenset[tuple[str, str]]]]:
+    """Firing alerts: name, and the labels that tell them apart (not severity or job)."""
+    return {
+        (
+            alert["labels"]["alertname"],
+            frozenset(
+                (k, v)
+                for k, v in alert["labels"].items()
+                if k not in ("alertname", "severity", "job")
+            ),
+        )
+        for alert in prometheus.alerts()
+        if alert["state"] == "firing"
+    }
+
+
+def test_every_alert_fires_on_the_traffic_built_for_it_and_no_other(stack: Stack) -> None:
+    old, new, sidecar = (stack.instances[n] for n in ("canary-old", "canary-new", "sidecar"))
+    churn = {"model": "churn"}
+    canary = {"model": "canary"}
+    expected = {
+        (name, frozenset(labels.items()))
+        for name, labels in [
+            ("SkewFeatureOutOfRange", {**churn, "feature": "x", "side": "high"}),
+            ("SkewFeatureOutOfRange", {**churn, "feature": "x", "side": "low"}),
+            ("SkewFeatureUnseenCategory", {**churn, "feature": "c"}),
+            ("SkewFeatureMissing", {**churn, "feature": "x"}),
+            ("SkewFeatureTypeMismatch", {**churn, "feature": "x"}),
+            ("SkewFeaturePSIWarning", {**churn, "feature": "x"}),
+            ("SkewFeaturePSIWarning", {**churn, "feature": "c"}),
+            ("SkewFeaturePSICritical", {**churn, "feature": "x"}),
+            ("SkewFeaturePSICritical", {**churn, "feature": "c"}),
+            ("SkewSamplesDropped", {**churn, "reason": "invalid_json"}),
+            ("SkewSamplingStopped", {**canary, "instance": old}),
+            ("SkewNoTraffic", {**canary, "instance": new}),
+            ("SkewMonitorErrors", {**canary, "stage": "extract"}),
+            ("SkewBaselineChanged", canary),
+            ("SkewBaselineMismatch", canary),
+            ("SkewSidecarUnknownModel", {"instance": sidecar}),
+        ]
+    }
+    prometheus = stack.prometheus
+    # Alerts of the first seconds (no traffic yet anywhere) resolve at the next evaluation.
+    with contextlib.suppress(AssertionError):
+        prometheus.wait_for("the expected alerts", lambda: firing(prometheus) == expected)
+    assert firing(prometheus) == expected
+    # Annotations are rendered with the alert's labels and value.
+    alerts = {
+        a["labels"]["alertname"]: a for a in stack.prometheus.alerts() if a["state"] == "firing"
+    }
+    out_of_range = alerts["SkewFeatureOutOfRange"]["annotations"]
+    assert re.match(
+        r"churn: feature x outside its training range \((high|low)\)", out_of_range["summary"]
+    )
+    assert out_of_range["runbook_url"] == "docs/runbook.md#skewfeatureoutofrange"
