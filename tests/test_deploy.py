@@ -101,13 +101,16 @@ def test_every_bin_series_is_exported_at_zero_before_any_traffic() -> None:
 
 
 def exported_families() -> set[str]:
-    """Every family name a tap and a sidecar process export, as Prometheus sees them."""
-    registry = CollectorRegistry()
+    """Every family name a tap (one model or several) and a sidecar process export, as
+    Prometheus sees them."""
+    registry, multi_registry = CollectorRegistry(), CollectorRegistry()
     baseline = every_kind_baseline()
     app = SkewMiddleware(Starlette(), baseline=baseline, registry=registry)
     sidecar = Sidecar({"default": baseline}, registry=registry)
+    # Several models in one tap: skew_unknown_model_requests_total as well.
+    SkewMiddleware(Starlette(), baseline={"a": baseline, "b": baseline}, registry=multi_registry)
     names: set[str] = set()
-    for family in registry.collect():
+    for family in [*registry.collect(), *multi_registry.collect()]:
         names.update(s.name for s in family.samples)
         names.add(family.name)
     # The last window's families have samples only after a window: add them by name.
@@ -151,6 +154,73 @@ def test_every_metric_the_rules_and_the_dashboard_select_is_exported_or_recorded
     used = set().union(*(metric_names(e) for e in expressions))
     assert used - known == set()
     assert {"skew_feature_bin_total", "skew_feature_baseline_fraction"} <= used
+    assert {"skew_sidecar_unknown_model_total", "skew_unknown_model_requests_total"} <= used
+
+
+# -- Alertmanager -------------------------------------------------------------------------------
+
+
+def alerts_by_name() -> dict[str, dict[str, Any]]:
+    groups = yaml.safe_load(RULE_FILES[1].read_text())["groups"]
+    return {r["alert"]: r for g in groups for r in g["rules"] if "alert" in r}
+
+
+def carried_labels(rule: dict[str, Any]) -> set[str] | None:
+    """The labels an alert carries besides its own: those of the outermost aggregation
+    (the first `by (...)` in our expressions), or None when the expression keeps every
+    series label (no aggregation: the target's labels and the metric's)."""
+    found = re.search(r"\bby \(([^)]*)\)", rule["expr"])
+    return None if found is None else {label.strip() for label in found.group(1).split(",")}
+
+
+def matched_alerts(matchers: list[str], alerts: dict[str, dict[str, Any]]) -> set[str]:
+    """The alerts of alert_rules.yml that a list of alertname matchers selects."""
+    (matcher,) = [m for m in matchers if m.startswith("alertname")]
+    parsed = re.fullmatch(r'alertname(=~|=)"?([^"]*)"?', matcher)
+    assert parsed is not None, matcher
+    operator, value = parsed.groups()
+    pattern = value if operator == "=~" else re.escape(value)
+    return {name for name in alerts if re.fullmatch(pattern, name)}
+
+
+def test_the_alertmanager_example_groups_and_inhibits_by_labels_the_alerts_carry() -> None:
+    """Its inhibit rules name alerts that exist and compare labels both sides carry (a
+    label missing on both is equal everywhere: the rule would reach across deployments
+    or features); the skew route groups by labels every per-model alert carries.
+    tests/test_prometheus.py runs the config in a real Alertmanager."""
+    config = yaml.safe_load((DEPLOY / "prometheus" / "alertmanager.yml").read_text())
+    alerts = alerts_by_name()
+    (skew,) = config["route"]["routes"]
+    assert matched_alerts(skew["matchers"], alerts) == set(alerts)
+    for name, rule in alerts.items():
+        carried = carried_labels(rule)
+        if carried is not None and "model" in carried:
+            assert set(skew["group_by"]) <= carried, name
+    assert skew["group_by"] == ["namespace", "job", "model"]
+    critical, stale = config["inhibit_rules"]
+    assert matched_alerts(critical["source_matchers"], alerts) == {"SkewFeaturePSICritical"}
+    assert matched_alerts(critical["target_matchers"], alerts) == {"SkewFeaturePSIWarning"}
+    assert matched_alerts(stale["source_matchers"], alerts) == {
+        "SkewNoTraffic",
+        "SkewSamplingStopped",
+    }
+    assert matched_alerts(stale["target_matchers"], alerts) == {
+        "SkewFeaturePSIWarning",
+        "SkewFeaturePSICritical",
+    }
+    assert critical["equal"] == ["namespace", "job", "model", "feature"]
+    assert stale["equal"] == ["namespace", "job", "model"]
+    for rule in config["inhibit_rules"]:
+        for side in ("source_matchers", "target_matchers"):
+            for name in matched_alerts(rule[side], alerts):
+                carried = carried_labels(alerts[name])
+                if carried is None:  # every series label: namespace, job, model, instance
+                    assert "feature" not in rule["equal"], name
+                else:
+                    assert set(rule["equal"]) <= carried, (name, side)
+    receivers = {r["name"] for r in config["receivers"]}
+    routes = [config["route"], skew, *skew["routes"]]
+    assert {r["receiver"] for r in routes} <= receivers
 
 
 # -- Grafana ------------------------------------------------------------------------------------

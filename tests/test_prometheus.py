@@ -1,14 +1,17 @@
-"""deploy/prometheus and the dashboard against real parts: promtool, and a real Prometheus
-scraping tapped apps served by uvicorn.
+"""deploy/prometheus and the dashboard against real parts: promtool, a real Prometheus
+scraping tapped apps served by uvicorn, and a real Alertmanager with the example config.
 
-One Prometheus (scrape and rule evaluation every second) scrapes five targets:
+One Prometheus (scrape and rule evaluation every second) scrapes six targets:
 
 - churn-a, churn-b: two replicas of model "churn", SkewMiddleware with its own registry
-  and /metrics each, 1-second windows. They get the same skewed mix of rows, 3:1.
+  and /metrics each, 1-second windows. They get the same skewed mix of rows, 3:1;
+  churn-a also gets 100 bodies that are not JSON (dropped samples).
 - canary-old, canary-new: model "canary" on two different baselines. canary-old's
   extractor always fails (100 requests, no row checked); canary-new gets no traffic.
 - sidecar: `skew-sidecar serve`'s app for model "fraud", sent one request for an
   unknown model.
+- multi: one SkewMiddleware for models "a" and "b" (multi-model paths), sent a request
+  for each and one for a model it has no baseline for.
 
 The traffic is designed so that every alert in deploy/prometheus/alert_rules.yml holds.
 Prometheus loads the recording rules as they are and a copy of the alert rules whose
@@ -20,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -43,13 +48,14 @@ from sidecar import Baseline, SkewMiddleware, metrics_app
 from sidecar.measures import js_distance, psi
 from sidecar.models import Routes
 from sidecar.serve import Sidecar
-from tests.prometheus import Prometheus, binary, run_prometheus
+from tests.prometheus import Prometheus, binary, free_port, run_prometheus
 from tests.servers import eventually, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus"
 RECORDING = RULES / "recording_rules.yml"
 ALERTING = RULES / "alert_rules.yml"
+ALERTMANAGER_CONFIG = RULES / "alertmanager.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "skew-sidecar.json"
 JSON = {"content-type": "application/json"}
 
@@ -61,6 +67,9 @@ UNIT_X: list[Any] = [500.0] * 16 + [-5.0] * 4 + [55.0] * 8 + [15.0] * 4 + [None]
 UNIT_C = ["a"] * 20 + ["b"] * 10 + ["zzz"] * 10
 UNITS = {"churn-a": 3, "churn-b": 1}
 CANARY_REQUESTS = 100
+# Bodies that are not JSON, to churn-a: dropped samples, enough for SkewSamplesDropped's
+# minimum of 100 samples (taken plus dropped) in its window.
+INVALID_REQUESTS = 100
 
 
 def unit() -> list[dict[str, Any]]:
@@ -123,6 +132,34 @@ def test_promtool_tests_cover_every_alert_firing_and_silent() -> None:
             (firing if check["exp_alerts"] else silent).add(check["alertname"])
     assert firing == alerts
     assert silent == alerts
+
+
+DEPLOYMENT = ("namespace", "job")  # what tells two deployments of one model apart
+
+
+def aggregations(expr: str) -> list[list[str]]:
+    """The label lists of every `by (...)` and `on (...)` in an expression."""
+    return [
+        [label.strip() for label in labels.split(",")]
+        for labels in re.findall(r"\b(?:by|on) \(([^)]*)\)", expr)
+    ]
+
+
+def test_every_per_model_aggregation_of_the_alerts_keeps_the_deployment() -> None:
+    """Two deployments of one model name (staging and prod) are never summed, counted
+    or compared together: every sum, max, count or match that keeps `model` also keeps
+    namespace and job."""
+    rules = [r for g in yaml.safe_load(ALERTING.read_text())["groups"] for r in g["rules"]]
+    per_model = 0
+    for rule in rules:
+        for labels in aggregations(rule["expr"]):
+            if "model" in labels:
+                per_model += 1
+                assert labels[: len(DEPLOYMENT) + 1] == [*DEPLOYMENT, "model"], (
+                    rule["alert"],
+                    labels,
+                )
+    assert per_model >= 30
 
 
 # -- the fleet -----------------------------------------------------------------------------
@@ -190,6 +227,27 @@ def tapped(name: str, model: str, baseline: Baseline, **options: Any) -> Target:
     return Target(name, registry, model, tap)
 
 
+def multi_model(name: str, baseline: Baseline) -> Target:
+    """One SkewMiddleware for models "a" and "b", read from /v2/models/{name}/infer: a
+    name without a baseline counts in skew_unknown_model_requests_total."""
+    registry = CollectorRegistry()
+    app = Starlette(
+        routes=[
+            Route("/v2/models/{name}/infer", predict, methods=["POST"]),
+            Mount("/metrics", app=metrics_app(registry)),
+        ]
+    )
+    tap = SkewMiddleware(
+        app,
+        baseline={"a": baseline, "b": baseline},
+        model="a",
+        registry=registry,
+        window_seconds=1,
+        min_window_rows=10,
+    )
+    return Target(name, registry, "a", tap)
+
+
 @dataclass
 class Stack:
     prometheus: Prometheus
@@ -219,6 +277,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 min_window_rows=10,
             ),
         ),
+        "multi": multi_model("multi", other),
     }
     workdir = tmp_path_factory.mktemp("prometheus")
     alerting = workdir / "alert_rules.yml"
@@ -249,6 +308,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             lambda: canary.value("skew_monitor_errors_total", stage="extract") == CANARY_REQUESTS,
             10,
         )
+        churn_a = targets["churn-a"]
+        assert eventually(
+            lambda: (
+                churn_a.value("skew_samples_dropped_total", reason="invalid_json")
+                == INVALID_REQUESTS
+            ),
+            10,
+        )
+        assert targets["multi"].registry.get_sample_value("skew_unknown_model_requests_total") == 1
         prometheus.wait_for(
             "the final counts in Prometheus",
             lambda: (
@@ -256,6 +324,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 == {(instances[name],): float(n) for name, n in checked.items()}
                 and prometheus.values('skew_monitor_errors_total{stage="extract"} > 0', "instance")
                 == {(instances["canary-old"],): float(CANARY_REQUESTS)}
+                and prometheus.values(
+                    'skew_samples_dropped_total{reason="invalid_json"} > 0', "instance"
+                )
+                == {(instances["churn-a"],): float(INVALID_REQUESTS)}
             ),
         )
         final_at = time.time()
@@ -296,20 +368,28 @@ def send_traffic(urls: dict[str, str]) -> None:
     # Each replica's rows in one request: one window holds them all.
     for name, units in UNITS.items():
         post(name, "/predict", orjson.dumps(unit() * units))
-    post("churn-a", "/predict", b'{"x": 1.0,', 400)  # invalid JSON: a dropped sample
+    # Invalid JSON: dropped samples (no rows, so the churn counts stay as they are).
+    asyncio.run(post_many(urls["churn-a"] + "/predict", INVALID_REQUESTS, b'{"x": 1.0,', 400))
     asyncio.run(post_many(urls["canary-old"] + "/predict", CANARY_REQUESTS))
     # Mirrored requests, answered 204: one for the sidecar's model, one for a model it
     # has no baseline for.
     post("sidecar", "/v1/models/fraud:predict", orjson.dumps({"instances": unit()[:4]}), 204)
     post("sidecar", "/v1/models/other:predict", orjson.dumps({"instances": unit()[:4]}), 204)
+    # The multi-model tap: a few rows for each of its models (too few for any feature
+    # alert, enough for no SkewNoTraffic), and a request for a model it does not know.
+    rows = orjson.dumps([{"x": 1.0, "c": "a"}, {"x": 2.0, "c": "b"}])
+    for model in ("a", "b", "zzz"):
+        post("multi", f"/v2/models/{model}/infer", rows)
 
 
-async def post_many(url: str, n: int) -> None:
+async def post_many(
+    url: str, n: int, body: bytes = b'{"x": 1.0, "c": "a"}', status: int = 200
+) -> None:
     async with httpx.AsyncClient(timeout=5.0) as client:
         responses = await asyncio.gather(
-            *(client.post(url, content=b'{"x": 1.0, "c": "a"}', headers=JSON) for _ in range(n))
+            *(client.post(url, content=body, headers=JSON) for _ in range(n))
         )
-    assert [r.status_code for r in responses] == [200] * n
+    assert [r.status_code for r in responses] == [status] * n
 
 
 # -- fleet PSI ----------------------------------------------------------------------------
@@ -435,7 +515,9 @@ def firing(prometheus: Prometheus) -> set[tuple[str, frozenset[tuple[str, str]]]
 
 
 def test_every_alert_fires_on_the_traffic_built_for_it_and_no_other(stack: Stack) -> None:
-    old, new, sidecar = (stack.instances[n] for n in ("canary-old", "canary-new", "sidecar"))
+    old, new, sidecar, multi = (
+        stack.instances[n] for n in ("canary-old", "canary-new", "sidecar", "multi")
+    )
     churn = {"model": "churn"}
     canary = {"model": "canary"}
     expected = {
@@ -456,7 +538,8 @@ def test_every_alert_fires_on_the_traffic_built_for_it_and_no_other(stack: Stack
             ("SkewMonitorErrors", {**canary, "stage": "extract"}),
             ("SkewBaselineChanged", canary),
             ("SkewBaselineMismatch", canary),
-            ("SkewSidecarUnknownModel", {"instance": sidecar}),
+            ("SkewUnknownModel", {"instance": sidecar}),
+            ("SkewUnknownModel", {"instance": multi}),
         ]
     }
     prometheus = stack.prometheus
@@ -473,3 +556,176 @@ def test_every_alert_fires_on_the_traffic_built_for_it_and_no_other(stack: Stack
         r"churn: feature x outside its training range \((high|low)\)", out_of_range["summary"]
     )
     assert out_of_range["runbook_url"] == "docs/runbook.md#skewfeatureoutofrange"
+
+
+# -- Alertmanager: the example config ------------------------------------------------------
+
+ALERTMANAGER_HINT = (
+    "apt-get install --no-install-recommends prometheus-alertmanager (Debian); "
+    "CI needs it in .ci/run"
+)
+
+
+def alertmanager_binary(*names: str) -> str:
+    """The first of `names` on PATH; skips, or fails under CI (the CI variable set)."""
+    for name in names:
+        path = shutil.which(name)
+        if path is not None:
+            return path
+    message = f"{' or '.join(names)} is not installed: {ALERTMANAGER_HINT}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; CI must run the Alertmanager tests, not skip them")
+    pytest.skip(message)
+
+
+def test_a_missing_alertmanager_fails_under_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run the Alertmanager tests"):
+        alertmanager_binary("amtool")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="amtool is not installed"):
+        alertmanager_binary("amtool")
+
+
+def test_amtool_accepts_the_example_alertmanager_config() -> None:
+    result = subprocess.run(
+        [alertmanager_binary("amtool"), "check-config", str(ALERTMANAGER_CONFIG)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+    assert "2 inhibit rules" in result.stdout
+
+
+@contextlib.contextmanager
+def run_alertmanager(workdir: Path, config: Path) -> Iterator[httpx.Client]:
+    """Alertmanager on 127.0.0.1 with `config`, no cluster; an API client once ready."""
+    # Debian names the binary prometheus-alertmanager; upstream's is alertmanager.
+    executable = alertmanager_binary("alertmanager", "prometheus-alertmanager")
+    port = free_port()
+    log = workdir / "alertmanager.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [
+                executable,
+                f"--config.file={config}",
+                f"--storage.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=",  # no gossip port: a single instance
+                "--log.level=warn",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0)
+
+    def ready() -> bool:
+        try:
+            return client.get("/-/ready").status_code == 200
+        except httpx.HTTPError:
+            return process.poll() is not None  # exited: stop waiting, fail below
+
+    try:
+        assert eventually(ready, 30), "alertmanager not ready within 30 s"
+        assert process.poll() is None, log.read_text(errors="replace")
+        yield client
+    finally:
+        client.close()
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def alert(name: str, severity: str, **labels: str) -> dict[str, dict[str, str]]:
+    """An alert with the labels alert_rules.yml gives it (`job`, `model`, ...)."""
+    return {"labels": {"alertname": name, "severity": severity, **labels}}
+
+
+PSI_CRITICAL, PSI_WARNING = "SkewFeaturePSICritical", "SkewFeaturePSIWarning"
+# (the alert, silenced by the inhibit rules)
+INHIBITION_CASES = [
+    # churn in prod: a critical PSI silences the warning of the same feature only.
+    (alert(PSI_CRITICAL, "critical", job="prod", model="churn", feature="x"), False),
+    (alert(PSI_WARNING, "warning", job="prod", model="churn", feature="x"), True),
+    (alert(PSI_WARNING, "warning", job="prod", model="churn", feature="w"), False),
+    # churn in staging, the same model name: prod's critical is another deployment's.
+    (alert(PSI_WARNING, "warning", job="staging", model="churn", feature="x"), False),
+    # fraud in prod: replica a sees no traffic, so fraud's PSI alerts may be stale:
+    # both silent. The no-traffic alert itself and a rate alert still notify.
+    (alert("SkewNoTraffic", "warning", job="prod", model="fraud", instance="a"), False),
+    (alert(PSI_CRITICAL, "critical", job="prod", model="fraud", feature="x"), True),
+    (alert(PSI_WARNING, "warning", job="prod", model="fraud", feature="x"), True),
+    (alert("SkewFeatureMissing", "warning", job="prod", model="fraud", feature="x"), False),
+    # ads, one job in two namespaces: sampling stopped in ns1 silences ns1's PSI only.
+    (
+        alert("SkewSamplingStopped", "warning", namespace="ns1", job="skew", model="ads"),
+        False,
+    ),
+    (alert(PSI_WARNING, "warning", namespace="ns1", job="skew", model="ads", feature="y"), True),
+    (alert(PSI_WARNING, "warning", namespace="ns2", job="skew", model="ads", feature="y"), False),
+    # Routing only: info goes to a receiver of its own, other alerts to the default.
+    (alert("SkewBaselineChanged", "info", job="prod", model="churn"), False),
+    (alert("Watchdog", "none"), False),
+]
+
+
+def key(labels: dict[str, str]) -> tuple[str, ...]:
+    return tuple(labels.get(k, "") for k in ("alertname", *DEPLOYMENT, "model", "feature"))
+
+
+def test_the_example_alertmanager_config_groups_per_model_and_inhibits(
+    tmp_path: Path,
+) -> None:
+    """A real Alertmanager with deploy/prometheus/alertmanager.yml: each inhibit rule
+    silences what it should and nothing else, severities reach their receivers, and
+    one deployment's model is one group (one notification) per receiver."""
+    with run_alertmanager(tmp_path, ALERTMANAGER_CONFIG) as client:
+        posted = client.post("/api/v2/alerts", json=[a for a, _ in INHIBITION_CASES])
+        assert posted.status_code == 200, posted.text
+        expected = {key(a["labels"]): silenced for a, silenced in INHIBITION_CASES}
+
+        def states() -> dict[tuple[str, ...], bool]:
+            return {
+                key(a["labels"]): a["status"]["state"] == "suppressed"
+                for a in client.get("/api/v2/alerts").json()
+            }
+
+        # The inhibitor learns of new alerts a moment after they are accepted.
+        eventually(lambda: states() == expected, 10)
+        assert states() == expected
+        for a in client.get("/api/v2/alerts").json():
+            assert a["status"]["silencedBy"] == [], a["labels"]
+            assert bool(a["status"]["inhibitedBy"]) == expected[key(a["labels"])]
+
+        groups = {
+            (g["receiver"]["name"], tuple(sorted(g["labels"].items()))): sorted(
+                key(a["labels"])[0] + "/" + a["labels"].get("feature", "") for a in g["alerts"]
+            )
+            for g in client.get("/api/v2/alerts/groups").json()
+        }
+    prod, staging = ("job", "prod"), ("job", "staging")
+    ns1, ns2, skew = ("namespace", "ns1"), ("namespace", "ns2"), ("job", "skew")
+    assert groups == {
+        ("skew-pager", (prod, ("model", "churn"))): [f"{PSI_CRITICAL}/x"],
+        ("skew-chat", (prod, ("model", "churn"))): [f"{PSI_WARNING}/w", f"{PSI_WARNING}/x"],
+        ("skew-chat", (staging, ("model", "churn"))): [f"{PSI_WARNING}/x"],
+        ("skew-info", (prod, ("model", "churn"))): ["SkewBaselineChanged/"],
+        ("skew-pager", (prod, ("model", "fraud"))): [f"{PSI_CRITICAL}/x"],
+        ("skew-chat", (prod, ("model", "fraud"))): [
+            "SkewFeatureMissing/x",
+            f"{PSI_WARNING}/x",
+            "SkewNoTraffic/",
+        ],
+        ("skew-chat", (skew, ("model", "ads"), ns1)): [f"{PSI_WARNING}/y", "SkewSamplingStopped/"],
+        ("skew-chat", (skew, ("model", "ads"), ns2)): [f"{PSI_WARNING}/y"],
+        ("default", ()): ["Watchdog/"],
+    }
