@@ -707,6 +707,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rate", type=float, help="fixed load in req/s (default: noop / 2)")
     parser.add_argument(
+        "--same-processes",
+        dest="fresh",
+        action="store_false",
+        help="keep each server process for all rounds (default: fresh processes per round)",
+    )
+    parser.add_argument(
         "--runs", help=f"comma-separated subset of: {', '.join(RUNS)} (noop is always run)"
     )
     args = parser.parse_args()
@@ -763,14 +769,27 @@ class Bench:
         self.lua = ""
         self.repeated: list[str] = []
         self.runs: dict[str, tuple[str, str | None]] = dict(RUNS)
+        self.tmp = self.baseline_path = ""
+        self.variants: list[str] = []
 
     def start(self, tmp: str, variants: Iterable[str]) -> None:
-        baseline_path = os.path.join(tmp, "baseline.json")
-        write_baseline(baseline_path)
+        self.tmp = tmp
+        self.baseline_path = os.path.join(tmp, "baseline.json")
+        write_baseline(self.baseline_path)
         self.lua = os.path.join(tmp, "post.lua")
         write_lua(self.lua, self.body)
-        for variant in variants:
-            self.servers[variant] = start_server(variant, baseline_path, tmp)
+        self.variants = list(variants)
+        self.launch()
+
+    def restart(self) -> None:
+        """Fresh server processes: a process's memory layout (ASLR, hash seed) moves its
+        speed by a few percent for good, which rounds on one process never average out."""
+        stop_servers(list(self.servers.values()))
+        self.launch()
+
+    def launch(self) -> None:
+        for variant in self.variants:
+            self.servers[variant] = start_server(variant, self.baseline_path, self.tmp)
         for server in self.servers.values():
             wait_ready(server, self.body)
         for server in self.servers.values():  # warm-up, not recorded
@@ -791,6 +810,8 @@ class Bench:
         a = self.args
         results: dict[str, list[Run]] = {name: [] for name in runs}
         for r in range(a.rounds):
+            if r and a.fresh:
+                self.restart()
             for name in rotated(list(runs), r):
                 variant, scrape = runs[name]
                 server = self.servers[variant]
@@ -811,6 +832,8 @@ class Bench:
         names = [name for name in FIXED_LOAD_RUNS if name in self.runs]
         results: dict[str, list[OpenRun]] = {name: [] for name in names}
         for r in range(a.rounds):
+            if a.fresh:
+                self.restart()
             for name in rotated(names, r):
                 variant, scrape = RUNS[name]
                 server = self.servers[variant]
@@ -876,6 +899,7 @@ def report(
         f"closed loop: wrk -t1 -c{args.connections}, {args.duration:g} s per run, median of "
         f"{args.rounds} interleaved rounds; uvicorn 1 worker, --http {http}, --loop {loop}; "
         "server on core 0, load on core 1"
+        + ("; fresh server processes each round" if args.fresh else "")
     )
     print(measured)
     print()
