@@ -178,6 +178,13 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         ("max-pending", int, "CloudEvent exchanges waiting at once; the oldest goes alone"),
         ("max-pending-bytes", int, "body bytes those exchanges may hold, the same way"),
         ("log-level", str, "critical, error, warning, info or debug"),
+        (
+            "upstream",
+            str,
+            "reverse proxy: forward every request to this model server URL and "
+            "check sampled POSTs on the way (needs the [proxy] extra)",
+        ),
+        ("upstream-timeout", float, "seconds to wait for the upstream's response"),
     ]
     for flag, kind, text in options:
         default = getattr(defaults, flag.replace("-", "_"))

@@ -45,6 +45,7 @@ from .cloudevents import (
 )
 from .metrics import metrics_app
 from .models import DEFAULT_MODEL, Routes, model_from_path, parse_baseline_spec
+from .proxy import Proxy, Recording, UpstreamError, reply_502
 from .report import DriftRule
 from .tap import TapAddress, TapCounts, TapFormatError, TapLedger, bind, decode
 from .worker import Monitor, Sample, _bump
@@ -78,6 +79,8 @@ class ServeSettings:
     max_pending: int = 10_000
     max_pending_bytes: int = 64 << 20
     log_level: str = "info"
+    upstream: str = ""  # reverse proxy mode: forward to this model server and tap
+    upstream_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         def bad(name: str, rule: str) -> ValueError:
@@ -87,7 +90,14 @@ class ServeSettings:
 
         if not 0.0 <= self.sample_rate <= 1.0:
             raise bad("sample_rate", "must be between 0 and 1")
-        for name in ("max_samples_per_second", "window_seconds", "join_wait_seconds"):
+        if self.upstream and not self.upstream.startswith(("http://", "https://")):
+            raise bad("upstream", "must be an http:// or https:// URL")
+        for name in (
+            "max_samples_per_second",
+            "window_seconds",
+            "join_wait_seconds",
+            "upstream_timeout",
+        ):
             if not getattr(self, name) > 0:
                 raise bad(name, "must be positive")
         for name in (
@@ -180,6 +190,7 @@ class _Counts:
     unknown_model: int = 0
     events: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EVENT_RESULTS, 0))
     datagrams: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TAP_RESULTS, 0))
+    upstream_errors: int = 0
     exchanges: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
 
 
@@ -219,6 +230,11 @@ class _SidecarCollector(Collector):
         for result, n in counts.datagrams.items():
             datagrams.add_metric([result], n)
         yield datagrams
+        yield CounterMetricFamily(
+            "skew_sidecar_upstream_errors",
+            "Proxied requests the upstream model server did not answer (answered 502).",
+            value=counts.upstream_errors,
+        )
         yield GaugeMetricFamily(
             "skew_sidecar_tap_processes",
             "Serving processes whose counts the sidecar keeps (tap incarnations).",
@@ -259,6 +275,8 @@ class Sidecar:
         max_pending: int = 10_000,
         max_pending_bytes: int = 64 << 20,
         taps: Sequence[str] = (),
+        upstream: str | None = None,
+        upstream_timeout: float = 60.0,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -311,6 +329,7 @@ class Sidecar:
         self._random = random.random
         self._logged: set[str] = set()
         self.tap_addresses = [TapAddress.parse(text) for text in taps]
+        self.proxy = Proxy(upstream, timeout=upstream_timeout) if upstream else None
         self.ledger = TapLedger()
         self._tap_transports: list[asyncio.DatagramTransport] = []
         self.registry.register(_SidecarCollector(self))
@@ -335,6 +354,9 @@ class Sidecar:
                 await _reply(
                     send, 200 if self.ready else 503, "ready" if self.ready else "not ready"
                 )
+            return
+        if self.proxy is not None:
+            await self._proxied(self.proxy, scope, receive, send)
             return
         if scope["method"] not in ("POST", "PUT"):
             await _reply(send, 405, "send samples with POST or PUT", [(b"allow", b"POST, PUT")])
@@ -464,6 +486,53 @@ class Sidecar:
                 response.headers if response is not None else (),
             )
         )
+
+    # -- reverse proxy -------------------------------------------------------------------
+
+    async def _proxied(self, proxy: Proxy, scope: Scope, receive: Receive, send: Send) -> None:
+        """Forward to the upstream; a sampled POST is recorded on the way and checked."""
+        recording = monitor = None
+        if scope["method"] == "POST":
+            name = model_from_path(scope["path"])
+            model = self.routes.resolve(name)
+            if model is None:
+                self._unknown_model(name)
+            else:
+                monitor = self.monitors[model]
+                monitor.counts.seen += 1
+                if self.sample_rate >= 1.0 or self._random() < self.sample_rate:
+                    if self.caps[model].allow():
+                        recording = Recording(self.max_body_bytes)
+                    else:
+                        _bump(monitor.counts.dropped, "rate_limited")
+        try:
+            await proxy.forward(scope, receive, send, recording)
+        except UpstreamError as exc:
+            self.counts.upstream_errors += 1
+            self._log_once("upstream", "first failed upstream request (answered 502): %s", exc)
+            for message in reply_502(str(exc)):
+                await send(message)
+            return
+        if recording is None or monitor is None:
+            return
+        if recording.too_large:
+            _bump(monitor.counts.dropped, "too_large")
+        elif not recording.complete:
+            _bump(monitor.counts.dropped, "body_incomplete")
+        elif not recording.request:
+            _bump(monitor.counts.dropped, "empty_body")
+        else:
+            # A response over the limit is left out; the request is still checked.
+            response = recording.response if recording.response_size <= recording.limit else ()
+            monitor.submit(
+                Sample(
+                    recording.request,
+                    response,
+                    recording.status,
+                    scope["headers"],
+                    recording.response_headers,
+                )
+            )
 
     # -- datagrams from in-app taps --------------------------------------------------------
 
@@ -604,6 +673,8 @@ class Sidecar:
         """Hand over waiting exchanges, then stop every monitor (flushing its window)."""
         self.ready = False
         self._close_taps()
+        if self.proxy is not None:
+            await self.proxy.aclose()
         logger.info("shutting down: %d CloudEvent exchange(s) pending", len(self.joiner))
         if self._expiry is not None:
             self._expiry.cancel()
@@ -683,6 +754,8 @@ def build(settings: ServeSettings) -> Sidecar:
         max_pending=settings.max_pending,
         max_pending_bytes=settings.max_pending_bytes,
         taps=settings.tap,
+        upstream=settings.upstream or None,
+        upstream_timeout=settings.upstream_timeout,
     )
 
 
