@@ -16,6 +16,8 @@ medians; ratios are medians of per-round ratios against the no-op middleware.
   sink-0.1, sink-1.0    SkewMiddleware(sink=...): samples go as datagrams to a
                         `skew-sidecar serve --tap` process (also on core 0, nice 19);
                         its CPU is reported in its own column
+  sink-1.0-apart        the same with the sidecar on core 1 (beside wrk, nice 19): the
+                        serving process's cost when the checker has a core of its own
   skew-1.0+scrape       skew-1.0 while a thread GETs /metrics once a second
                         (sidecar.metrics_app: renders in a thread)
   skew-1.0+scrape-prom  the same with prometheus_client's make_asgi_app (renders on
@@ -69,7 +71,8 @@ SINK_ENV = "SERVING_LOAD_SINK"
 NUMERIC = 24
 CATEGORICAL = 8
 SERVER_VARIANTS = (
-    "bare", "noop", "skew-0.1", "skew-1.0", "skew-all", "sink-0.1", "sink-1.0", "exporter",
+    "bare", "noop", "skew-0.1", "skew-1.0", "skew-all", "sink-0.1", "sink-1.0",
+    "sink-1.0-apart", "exporter",
 )  # fmt: skip
 
 
@@ -84,6 +87,7 @@ SKEW_OPTIONS: dict[str, SkewOptions] = {
     "skew-all": {"sample_rate": 1.0, "max_samples_per_second": 1e9},
     "sink-0.1": {"sample_rate": 0.1},
     "sink-1.0": {"sample_rate": 1.0},
+    "sink-1.0-apart": {"sample_rate": 1.0},
 }
 # run name -> (server variant, path scraped once a second during the run, or None)
 RUNS: dict[str, tuple[str, str | None]] = {
@@ -92,7 +96,8 @@ RUNS: dict[str, tuple[str, str | None]] = {
     "skew-1.0+scrape-prom": ("skew-1.0", "/metrics-prom/"),
 }
 FIXED_LOAD_RUNS = (
-    "noop", "skew-0.1", "skew-1.0", "skew-all", "sink-0.1", "sink-1.0", "skew-1.0+scrape",
+    "noop", "skew-0.1", "skew-1.0", "skew-all", "sink-0.1", "sink-1.0", "sink-1.0-apart",
+    "skew-1.0+scrape",
     "skew-1.0+scrape-prom",
 )  # fmt: skip
 
@@ -249,10 +254,10 @@ def die_with_parent() -> None:
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG; survives exec
 
 
-def sidecar_command(port: int, baseline_path: str, sink: str) -> list[str]:
-    """The sink variants' checker: on the server's core, at the lowest priority."""
+def sidecar_command(port: int, baseline_path: str, sink: str, core: int = 0) -> list[str]:
+    """The sink variants' checker: on the server's core (or another), lowest priority."""
     return [
-        "taskset", "-c", "0", "nice", "-n", "19", sys.executable, "-m", "sidecar", "serve",
+        "taskset", "-c", str(core), "nice", "-n", "19", sys.executable, "-m", "sidecar", "serve",
         "-b", baseline_path, "--tap", sink, "--host", "127.0.0.1", "--port", str(port),
         "--log-level", "warning",
     ]  # fmt: skip
@@ -271,7 +276,8 @@ def start_server(variant: str, baseline_path: str, log_dir: str) -> Server:
     sidecar = None
     if variant.startswith("sink-"):
         env[SINK_ENV] = f"unix://{os.path.join(log_dir, variant + '.sock')}"
-        command = sidecar_command(free_port(), baseline_path, env[SINK_ENV])
+        core = 1 if variant.endswith("-apart") else 0
+        command = sidecar_command(free_port(), baseline_path, env[SINK_ENV], core)
         sidecar = spawn(f"{variant}-sidecar", command, env, log_dir)
     server = spawn(variant, uvicorn_command(port), env, log_dir)
     server.sidecar = sidecar

@@ -9,6 +9,9 @@ Drives a Starlette app in-process (no sockets) for N requests per variant:
               back so only serving-path work is counted (tee + enqueue)
   checked     as sampled, then the worker checks everything (total CPU incl. the
               off-loop check, for scale)
+  sink        SkewMiddleware(sink=...): every request sampled and sent as one datagram
+              to a Unix socket drained by another process (the serving process's
+              whole cost of the datagram tap)
 
 With --callgrind, each variant runs under `valgrind --tool=callgrind` at N and 3N
 requests, and the table shows (Ir(3N) - Ir(N)) / 2N: instructions per request,
@@ -33,7 +36,17 @@ import threading
 import time
 from typing import Any
 
-VARIANTS = ("bare", "unwatched", "skipped", "sampled", "checked")
+VARIANTS = ("bare", "unwatched", "skipped", "sampled", "checked", "sink")
+# The sidecar's stand-in for the sink variant: binds the socket, reads and discards.
+DRAIN = """
+import os, socket, sys
+path = sys.argv[1]
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+sock.bind(path)
+while True:
+    sock.recv(1 << 20)
+"""
 FEATURES = 32
 
 
@@ -64,11 +77,32 @@ def build(variant: str) -> tuple[Any, Any]:
     }
     if variant == "skipped":
         options["sample_rate"] = 0.0
+    if variant == "sink":
+        return SkewMiddleware(app, sink=drained_socket(), max_samples_per_second=1e9), None
     mw = SkewMiddleware(app, baseline=baseline, **options)
     if variant in ("sampled", "checked"):
         mw.monitor._thread = threading.Thread()  # "started", but never run: loop cost only
     _ = orjson
     return mw, mw.monitor
+
+
+def drained_socket() -> str:
+    """A Unix datagram socket read by a child process (on the other core if there is one);
+    the child ends with this process."""
+    import atexit
+
+    path = os.path.join(tempfile.mkdtemp(prefix="tap-bench-"), "tap.sock")
+    drain = subprocess.Popen([sys.executable, "-c", DRAIN, path])
+    atexit.register(drain.kill)
+    if (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(drain.pid, {1})
+        os.sched_setaffinity(0, {0})
+    deadline = time.monotonic() + 10
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the drain process did not bind its socket")
+        time.sleep(0.01)
+    return f"unix://{path}"
 
 
 def body() -> bytes:
