@@ -184,6 +184,20 @@ def _distribution_shift(w: FeatureWindow, stats: Any) -> Diagnosis:
                 f"{what}mean {m.mean:.4g} vs {numeric.mean:.4g} in training, "
                 f"std {m.ratio:.2f}x training"
             )
+    elif isinstance(stats, CategoricalStats) and w.values and stats.count:
+        counts = w.vocabulary_counts[:-1] / w.values
+        train = np.array(list(stats.vocabulary.values()), dtype=np.float64) / stats.count
+        k = int(np.argmax(np.abs(counts - train))) if len(train) else 0
+        if len(train):
+            detail = (
+                f"{list(stats.vocabulary)[k]!r} {counts[k]:.0%} of values vs {train[k]:.0%} "
+                f"in training; unseen {w.unseen / w.values:.0%}"
+            )
+    elif isinstance(stats, TimestampStats) and w.values and stats.count:
+        served = w.bin_counts / w.values
+        train = np.array(stats.hour_counts, dtype=np.float64) / stats.count
+        h = int(np.argmax(np.abs(served - train)))
+        detail = f"hour {h:02d} holds {served[h]:.0%} of values vs {train[h]:.0%} in training"
     return Diagnosis(
         "distribution_shift", 0.5, f"distribution changed, no known bug fits: {detail}"
     )
