@@ -39,9 +39,11 @@ def format_report(report: WindowReport) -> str:
         )
     ranked = report.by_severity()
     lines.extend(_table(_REPORT_COLUMNS, [_report_row(r) for r in ranked]))
-    for r in ranked:
-        if r.diagnosis:
-            lines.append(f"{r.name}: {r.diagnosis[0].kind}: {r.diagnosis[0].explanation}")
+    explained = [r for r in ranked if r.diagnosis]
+    if explained:
+        lines.append("")
+    for r in explained:
+        lines.append(f"{r.name}: {r.diagnosis[0].kind}: {r.diagnosis[0].explanation}")
     return "\n".join(lines)
 
 

@@ -90,7 +90,7 @@ def test_check_json_and_the_table_carry_the_diagnosis(base: Baseline, tmp_path: 
     assert entry["kind"] == "unit_change"
     assert report.to_json()["features"]["age"]["diagnosis"] == []
     text = format_report(report)
-    assert "unit_change" in text.splitlines()[0 + 3]  # worst feature first, after the header
+    assert "unit_change" in text.splitlines()[3]  # worst feature first, after the header
     assert "amount: unit_change: serving values are 100x" in text
 
 

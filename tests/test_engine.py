@@ -355,7 +355,8 @@ def test_mismatched_values_are_counted_by_type_and_windows_add_them() -> None:
     engine.check([{"x": "2"}])
     w.add(engine.close_window())
     counts = {
-        n: dict(zip(MISMATCH_TYPES, f.mismatch_types.tolist())) for n, f in w.features.items()
+        n: dict(zip(MISMATCH_TYPES, f.mismatch_types.tolist(), strict=True))
+        for n, f in w.features.items()
     }
     assert counts["x"]["number_string"] == 2
     assert counts["x"]["string"] == counts["x"]["bool"] == counts["x"]["list"] == 1
