@@ -40,6 +40,9 @@ class _Absent:
 ABSENT: Any = _Absent()
 _NUMBER_TYPES = frozenset({int, float})
 _MISSING_TYPES = frozenset({type(None), _Absent})
+# What a mismatched value was, for the diagnosis ("numbers arriving as strings").
+MISMATCH_TYPES = ("number_string", "string", "int", "float", "bool", "list", "dict", "other")
+_MISMATCH_SLOT = {int: 2, float: 3, bool: 4, list: 5, dict: 6}
 
 
 class FeatureWindow:
@@ -55,6 +58,7 @@ class FeatureWindow:
         self.high = 0
         self.unseen = 0
         self.shape_mismatch = 0
+        self.mismatch_types: IntArray = np.zeros(len(MISMATCH_TYPES), dtype=np.int64)
         self.bin_counts: IntArray = np.zeros(bins, dtype=np.int64)
         self.grid_counts: IntArray = np.zeros(grid + 1 if grid else 0, dtype=np.int64)
         self.vocabulary_counts: IntArray = np.zeros(vocabulary, dtype=np.int64)
@@ -98,7 +102,9 @@ class NumericChecker:
         if not kinds <= _NUMBER_TYPES:
             column = _drop_missing(column, kinds, window)
             numbers = [v for v in column if type(v) is int or type(v) is float]
-            window.type_mismatch += len(column) - len(numbers)
+            if len(numbers) < len(column):
+                window.type_mismatch += len(column) - len(numbers)
+                _count_types([v for v in column if type(v) not in _NUMBER_TYPES], window)
             column = numbers
         if column:
             self.add(_to_array(column), window)
@@ -242,7 +248,7 @@ class CategoricalChecker:
         """Slow path: vocabulary keys for accepted values; mismatches dropped and counted."""
         accepted = self.accepted
         keys: list[Any] = []
-        mismatched = 0
+        mismatched = []
         for v in column:
             t = type(v)
             if t in accepted:
@@ -250,8 +256,9 @@ class CategoricalChecker:
             elif v is None or v is ABSENT:
                 keys.append(v)
             else:
-                mismatched += 1
-        window.type_mismatch += mismatched
+                mismatched.append(v)
+        window.type_mismatch += len(mismatched)
+        _count_types(mismatched, window)
         return keys
 
 
@@ -274,7 +281,7 @@ class TimestampChecker:
         if kinds & _MISSING_TYPES:
             column = _drop_missing(column, kinds, window)
         instants: list[Instant] = []
-        mismatched = 0
+        mismatched = []
         iso = self.encoding == "iso"
         for v in column:
             t = type(v)
@@ -284,10 +291,11 @@ class TimestampChecker:
             elif not iso and (t is int or t is float):
                 instant = parse_epoch(v, self.encoding)
             if instant is None:
-                mismatched += 1
+                mismatched.append(v)
             else:
                 instants.append(instant)
-        window.type_mismatch += mismatched
+        window.type_mismatch += len(mismatched)
+        _count_types(mismatched, window)
         if not instants:
             return
         window.values += len(instants)
@@ -323,7 +331,9 @@ class ListChecker:
         if kinds & _MISSING_TYPES:
             column = _drop_missing(column, kinds, window)
         lists = [v for v in column if type(v) is list]
-        window.type_mismatch += len(column) - len(lists)
+        if len(lists) < len(column):
+            window.type_mismatch += len(column) - len(lists)
+            _count_types([v for v in column if type(v) is not list], window)
         if not lists:
             return
         window.values += len(lists)
@@ -410,6 +420,25 @@ def _drop_missing(column: Sequence[Any], kinds: set[type], window: FeatureWindow
     window.missing += absent + nulls
     window.absent += absent
     return [v for v in column if v is not None and v is not ABSENT]
+
+
+def _count_types(values: Sequence[Any], window: FeatureWindow) -> None:
+    """Count mismatched values by type (MISMATCH_TYPES); strings split on whether
+    they spell a number."""
+    for v in values:
+        t = type(v)
+        if t is str:
+            window.mismatch_types[1 - _spells_number(v)] += 1
+        else:
+            window.mismatch_types[_MISMATCH_SLOT.get(t, 7)] += 1
+
+
+def _spells_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _to_array(column: Sequence[Any]) -> FloatArray:

@@ -23,6 +23,7 @@ _REPORT_COLUMNS = (
     "shift",
     "scale",
     "verdict",
+    "diagnosis",
 )
 
 
@@ -36,8 +37,13 @@ def format_report(report: WindowReport) -> str:
         lines.append(
             f"note: fewer than {report.min_rows} rows, so no drift verdicts (measures are noisy)"
         )
-    rows = [_report_row(r) for r in report.by_severity()]
-    lines.extend(_table(_REPORT_COLUMNS, rows))
+    ranked = report.by_severity()
+    lines.extend(_table(_REPORT_COLUMNS, [_report_row(r) for r in ranked]))
+    explained = [r for r in ranked if r.diagnosis]
+    if explained:
+        lines.append("")
+    for r in explained:
+        lines.append(f"{r.name}: {r.diagnosis[0].kind}: {r.diagnosis[0].explanation}")
     return "\n".join(lines)
 
 
@@ -69,6 +75,7 @@ def _report_row(r: FeatureReport) -> tuple[str, ...]:
         _num(r.mean_shift),
         _num(r.scale_ratio),
         verdict,
+        r.diagnosis[0].kind if r.diagnosis else "-",
     )
 
 

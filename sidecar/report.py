@@ -12,6 +12,7 @@ import numpy.typing as npt
 from . import measures
 from .baseline import Baseline, Feature, Stats
 from .categorical import OTHER, CategoricalStats
+from .diagnosis import Diagnosis, diagnose
 from .engine import FeatureWindow, Window
 from .numeric import NumericStats
 from .sequences import ListStats
@@ -70,6 +71,7 @@ class FeatureReport:
     bin_labels: tuple[str, ...] = ()
     bin_counts: tuple[int, ...] = ()
     baseline_fractions: tuple[float, ...] = ()
+    diagnosis: tuple[Diagnosis, ...] = ()
 
     JSON_FIELDS = (
         "values",
@@ -106,6 +108,7 @@ class FeatureReport:
         data: dict[str, Any] = {"kind": self.kind, "role": self.role}
         for key in self.JSON_FIELDS:
             data[key] = getattr(self, key)
+        data["diagnosis"] = [d.to_json() for d in self.diagnosis]
         return data
 
     def severity(self) -> tuple[int, float, float]:
@@ -187,6 +190,8 @@ def _feature_report(
         if measures:  # running totals for counters need counts and bins only
             fields.update(_measures(stats, w, bins))
             fields.update(_verdict(bins, fields.get("psi"), rows, rule))
+    if measures:
+        fields["diagnosis"] = tuple(diagnose(w, feature, drifted=fields.get("drifted")))
     return FeatureReport(
         name=feature.name,
         kind=feature.kind,

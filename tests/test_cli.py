@@ -36,6 +36,7 @@ DOCUMENTED_KEYS = {
     "mean_shift",
     "scale_ratio",
     "drifted",
+    "diagnosis",
 }
 OPTIONAL_KEYS = {"kind", "role", "p_value"}
 COUNT_KEYS = (
@@ -118,7 +119,7 @@ def report_table(text: str) -> list[tuple[str, str]]:
         if not line.strip():
             break
         cells = line.split()
-        table.append((cells[0], cells[-1]))
+        table.append((cells[0], cells[-2]))  # the verdict, before the diagnosis column
     return table
 
 

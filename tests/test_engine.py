@@ -343,3 +343,23 @@ def test_keys_of_features_left_out_by_role_are_not_unknown_features() -> None:
     outputs = Engine(baseline, roles=("prediction",))
     outputs.check([{"score": 0.5}, {"x": 1.0}, {"junk": 2}])
     assert outputs.window.unknown_features == 1
+
+
+def test_mismatched_values_are_counted_by_type_and_windows_add_them() -> None:
+    from sidecar.engine import MISMATCH_TYPES
+
+    baseline = _baseline([{"x": float(i), "c": "a", "ids": [1, 2]} for i in range(50)])
+    engine = Engine(baseline)
+    engine.check([{"x": "1.5"}, {"x": "abc"}, {"x": True}, {"x": [1]}, {"c": 3}, {"ids": 7}])
+    w = engine.close_window()
+    engine.check([{"x": "2"}])
+    w.add(engine.close_window())
+    counts = {
+        n: dict(zip(MISMATCH_TYPES, f.mismatch_types.tolist(), strict=True))
+        for n, f in w.features.items()
+    }
+    assert counts["x"]["number_string"] == 2
+    assert counts["x"]["string"] == counts["x"]["bool"] == counts["x"]["list"] == 1
+    assert w.features["x"].type_mismatch == sum(counts["x"].values()) == 5
+    assert counts["c"]["int"] == 1
+    assert counts["ids"]["int"] == 1
