@@ -136,7 +136,7 @@ def _gauge(name: str, doc: str, *labels: str) -> Family:
     return Family(name, doc, "gauge", ("model", *labels))
 
 
-BASELINE_INFO = _gauge(
+BASELINE_INFO: Family = _gauge(
     "skew_baseline_info", "The baseline each model is compared against (value 1).",
     "baseline_hash", "schema_version",
 )  # fmt: skip
@@ -165,28 +165,37 @@ FEATURE_BIN = _counter(
     "skew_feature_bin", "Serving values per fixed baseline bin (additive across replicas).",
     "feature", "bin",
 )  # fmt: skip
-BASELINE_FRACTION = _gauge(
+BASELINE_FRACTION: Family = _gauge(
     "skew_feature_baseline_fraction", "Training fraction of each baseline bin.", "feature", "bin"
 )
 # FeatureReport field -> family.
-MEASURE_FAMILIES = {
+MEASURE_FAMILIES: dict[str, Family] = {
     name: _gauge(f"skew_feature_{name}", f"{name} of the last completed window.", "feature")
     for name in MEASURES
 }
-DRIFTED = _gauge(
+DRIFTED: Family = _gauge(
     "skew_feature_drifted",
     "1 if the last window's verdict is drift, else 0; absent without a verdict.",
     "feature",
 )
-WINDOW_ROWS = _gauge("skew_window_rows", "Request rows in the last completed window.")
-WINDOW_END = _gauge("skew_window_end_timestamp_seconds", "When the last window closed.")
-QUEUE_DEPTH = _gauge("skew_queue_depth", "Samples waiting to be checked.")
-QUEUE_CAPACITY = _gauge("skew_queue_capacity", "Samples beyond this many are dropped.")
+WINDOW_ROWS: Family = _gauge("skew_window_rows", "Request rows in the last completed window.")
+WINDOW_END: Family = _gauge("skew_window_end_timestamp_seconds", "When the last window closed.")
+QUEUE_DEPTH: Family = _gauge("skew_queue_depth", "Samples waiting to be checked.")
+QUEUE_CAPACITY: Family = _gauge("skew_queue_capacity", "Samples beyond this many are dropped.")
 BATCH_SECONDS = Family(
     "skew_monitor_batch_seconds",
     "The monitor's own processing time per batch (off the event loop).",
     "histogram",
     ("model",),
+)
+
+# Several models behind one middleware: not a per-model family (no `model` label), and
+# only exported when there are several models.
+UNKNOWN_MODEL_REQUESTS = Family(
+    "skew_unknown_model_requests",
+    "Watched requests naming a model that has no baseline (the name is not kept).",
+    "counter",
+    (),
 )
 
 # Exposition order.

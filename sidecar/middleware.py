@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .baseline import Baseline, BaselineError
+from .metrics import UNKNOWN_MODEL_REQUESTS
 from .models import Routes, model_from_path
 from .report import DriftRule
 from .sampling import Sampler
@@ -52,11 +53,8 @@ class _UnknownModels(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        yield CounterMetricFamily(
-            "skew_unknown_model_requests",
-            "Watched requests naming a model that has no baseline (the name is not kept).",
-            value=self.sampler.seen,
-        )
+        family = UNKNOWN_MODEL_REQUESTS
+        yield CounterMetricFamily(family.name, family.help, value=self.sampler.seen)
 
 
 _UNROUTED: Any = object()  # a path not looked at yet
