@@ -551,6 +551,16 @@ def exposition(registry: CollectorRegistry, accept: str = "") -> tuple[bytes, st
     return others + collector.text().encode(), content_type
 
 
+def _default_registry() -> CollectorRegistry:
+    """prometheus_client's REGISTRY; in multiprocess mode, every process's metrics added up."""
+    from prometheus_client import REGISTRY
+
+    from .multiprocess import multiprocess_dir, multiprocess_registry
+
+    path = multiprocess_dir()
+    return REGISTRY if path is None else multiprocess_registry(path)
+
+
 def metrics_app(registry: CollectorRegistry | None = None) -> ASGIApp:
     """A /metrics ASGI app that renders in a thread, so a scrape never stalls the loop.
 
@@ -568,10 +578,12 @@ def metrics_app(registry: CollectorRegistry | None = None) -> ASGIApp:
     it appends does not count) gets OpenMetrics, rendered entirely by prometheus_client
     as before: the way to keep exemplars and `_created` samples of the registry's
     other metrics. So does a text 1.0.0 request with `escaping=dots`.
-    """
-    from prometheus_client import REGISTRY
 
-    target = registry if registry is not None else REGISTRY
+    Without a registry: prometheus_client's REGISTRY, or, when `PROMETHEUS_MULTIPROC_DIR`
+    is set (several worker processes), `multiprocess_registry()`: every worker's
+    metrics added up, rendered by prometheus_client.
+    """
+    target = registry if registry is not None else _default_registry()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
