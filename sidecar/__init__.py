@@ -6,6 +6,7 @@ from .baseline import Baseline, BaselineError, ProfileSettings
 from .engine import Engine
 from .metrics import metrics_app
 from .middleware import SkewMiddleware
+from .multiprocess import multiprocess_registry
 from .profile import ProfileOptions
 from .report import DriftRule, FeatureReport, WindowReport, build_report
 
@@ -22,4 +23,5 @@ __all__ = [
     "__version__",
     "build_report",
     "metrics_app",
+    "multiprocess_registry",
 ]

@@ -136,7 +136,7 @@ def _gauge(name: str, doc: str, *labels: str) -> Family:
     return Family(name, doc, "gauge", ("model", *labels))
 
 
-BASELINE_INFO = _gauge(
+BASELINE_INFO: Family = _gauge(
     "skew_baseline_info", "The baseline each model is compared against (value 1).",
     "baseline_hash", "schema_version",
 )  # fmt: skip
@@ -165,28 +165,37 @@ FEATURE_BIN = _counter(
     "skew_feature_bin", "Serving values per fixed baseline bin (additive across replicas).",
     "feature", "bin",
 )  # fmt: skip
-BASELINE_FRACTION = _gauge(
+BASELINE_FRACTION: Family = _gauge(
     "skew_feature_baseline_fraction", "Training fraction of each baseline bin.", "feature", "bin"
 )
 # FeatureReport field -> family.
-MEASURE_FAMILIES = {
+MEASURE_FAMILIES: dict[str, Family] = {
     name: _gauge(f"skew_feature_{name}", f"{name} of the last completed window.", "feature")
     for name in MEASURES
 }
-DRIFTED = _gauge(
+DRIFTED: Family = _gauge(
     "skew_feature_drifted",
     "1 if the last window's verdict is drift, else 0; absent without a verdict.",
     "feature",
 )
-WINDOW_ROWS = _gauge("skew_window_rows", "Request rows in the last completed window.")
-WINDOW_END = _gauge("skew_window_end_timestamp_seconds", "When the last window closed.")
-QUEUE_DEPTH = _gauge("skew_queue_depth", "Samples waiting to be checked.")
-QUEUE_CAPACITY = _gauge("skew_queue_capacity", "Samples beyond this many are dropped.")
+WINDOW_ROWS: Family = _gauge("skew_window_rows", "Request rows in the last completed window.")
+WINDOW_END: Family = _gauge("skew_window_end_timestamp_seconds", "When the last window closed.")
+QUEUE_DEPTH: Family = _gauge("skew_queue_depth", "Samples waiting to be checked.")
+QUEUE_CAPACITY: Family = _gauge("skew_queue_capacity", "Samples beyond this many are dropped.")
 BATCH_SECONDS = Family(
     "skew_monitor_batch_seconds",
     "The monitor's own processing time per batch (off the event loop).",
     "histogram",
     ("model",),
+)
+
+# Several models behind one middleware: not a per-model family (no `model` label), and
+# only exported when there are several models.
+UNKNOWN_MODEL_REQUESTS = Family(
+    "skew_unknown_model_requests",
+    "Watched requests naming a model that has no baseline (the name is not kept).",
+    "counter",
+    (),
 )
 
 # Exposition order.
@@ -542,6 +551,16 @@ def exposition(registry: CollectorRegistry, accept: str = "") -> tuple[bytes, st
     return others + collector.text().encode(), content_type
 
 
+def _default_registry() -> CollectorRegistry:
+    """prometheus_client's REGISTRY; in multiprocess mode, every process's metrics added up."""
+    from prometheus_client import REGISTRY
+
+    from .multiprocess import multiprocess_dir, multiprocess_registry
+
+    path = multiprocess_dir()
+    return REGISTRY if path is None else multiprocess_registry(path)
+
+
 def metrics_app(registry: CollectorRegistry | None = None) -> ASGIApp:
     """A /metrics ASGI app that renders in a thread, so a scrape never stalls the loop.
 
@@ -559,10 +578,12 @@ def metrics_app(registry: CollectorRegistry | None = None) -> ASGIApp:
     it appends does not count) gets OpenMetrics, rendered entirely by prometheus_client
     as before: the way to keep exemplars and `_created` samples of the registry's
     other metrics. So does a text 1.0.0 request with `escaping=dots`.
-    """
-    from prometheus_client import REGISTRY
 
-    target = registry if registry is not None else REGISTRY
+    Without a registry: prometheus_client's REGISTRY, or, when `PROMETHEUS_MULTIPROC_DIR`
+    is set (several worker processes), `multiprocess_registry()`: every worker's
+    metrics added up, rendered by prometheus_client.
+    """
+    target = registry if registry is not None else _default_registry()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

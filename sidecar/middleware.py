@@ -18,7 +18,9 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .baseline import Baseline, BaselineError
+from .metrics import UNKNOWN_MODEL_REQUESTS
 from .models import Routes, model_from_path
+from .multiprocess import multiprocess_dir
 from .report import DriftRule
 from .sampling import Sampler
 from .tap import DatagramSink
@@ -52,11 +54,8 @@ class _UnknownModels(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        yield CounterMetricFamily(
-            "skew_unknown_model_requests",
-            "Watched requests naming a model that has no baseline (the name is not kept).",
-            value=self.sampler.seen,
-        )
+        family = UNKNOWN_MODEL_REQUESTS
+        yield CounterMetricFamily(family.name, family.help, value=self.sampler.seen)
 
 
 _UNROUTED: Any = object()  # a path not looked at yet
@@ -73,6 +72,11 @@ class SkewMiddleware:
     multi-model paths (`/v1/models/{name}:predict`, `/v2/models/{name}/infer`), other
     paths go to `model` (if it is one of them, or to the only one), and a name without
     a baseline is counted in `skew_unknown_model_requests_total`, never a label.
+
+    With `PROMETHEUS_MULTIPROC_DIR` set (several worker processes), the monitors write
+    their metrics to prometheus_client's per-process files instead of `registry`
+    (None still turns the export off): serve `metrics_app()` or
+    `multiprocess_registry()`, which add up every worker's.
     """
 
     def __init__(
@@ -101,6 +105,7 @@ class SkewMiddleware:
             raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes!r}")
         self.app = app
         monitors: dict[str, Monitor | DatagramSink] = {}
+        multiprocess = False
         if sink is not None:
             if baseline is not None or extractor is not None:
                 raise ValueError(
@@ -115,6 +120,8 @@ class SkewMiddleware:
             named = baseline if isinstance(baseline, Mapping) else {model: baseline}
             if not named:
                 raise ValueError("SkewMiddleware(baseline={}): no model to check")
+            # Several worker processes: counts add up through prometheus_client's files.
+            multiprocess = registry is not None and multiprocess_dir() is not None
             for name, source in named.items():
                 monitors[name] = Monitor(
                     _load(source, name),
@@ -125,6 +132,7 @@ class SkewMiddleware:
                     extractor=extractor,
                     registry=registry,
                     export_bins=export_bins,  # off for very wide models: bins x features
+                    multiprocess=multiprocess,
                 )
         self.targets = {
             name: _Target(m, Sampler(sample_rate, max_samples_per_second), sample_responses)
@@ -140,7 +148,10 @@ class SkewMiddleware:
         self.monitor = monitors[default if default is not None else next(iter(monitors))]
         self._unknown = _Target(self.monitor, Sampler(0.0, 1.0), False)
         if len(monitors) > 1 and registry is not None:
-            registry.register(_UnknownModels(self._unknown.sampler))
+            if isinstance(self.monitor, Monitor) and self.monitor.mirror is not None:
+                self.monitor.mirror.unknown_models = self._unknown.sampler
+            else:
+                registry.register(_UnknownModels(self._unknown.sampler))
         self.methods = frozenset(m.upper() for m in methods)
         self.paths = tuple(paths) if paths is not None else None
         self.exclude_paths = frozenset(exclude_paths)

@@ -26,6 +26,7 @@ from .baseline import SCHEMA_VERSION, Baseline
 from .engine import Engine, Window
 from .extract import extract_request, extract_response
 from .metrics import BATCH_BUCKETS, MonitorSnapshot, collector_for
+from .multiprocess import Mirror
 from .report import DriftRule, WindowReport, build_report
 from .sampling import Sampler
 
@@ -157,6 +158,7 @@ class Monitor:
         flush_seconds: float = 1.0,
         wake_samples: int = 256,
         export_bins: bool = True,
+        multiprocess: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if queue_size < 1:
@@ -200,8 +202,14 @@ class Monitor:
         self._logged: set[str] = set()
         # The in-app tap counts requests seen and refused by the cap in its sampler.
         self.sampler: Sampler | None = None
+        # Several worker processes (prometheus_client's multiprocess mode): the counts go
+        # to this process's files through a mirror, not through the registry's collector.
+        self.mirror: Mirror | None = None
         if registry is not None:
-            collector_for(registry).add(self)
+            if multiprocess:
+                self.mirror = Mirror(self)
+            else:
+                collector_for(registry).add(self)
 
     # -- the serving side (event loop) -----------------------------------------
 
@@ -264,9 +272,13 @@ class Monitor:
                 self.process_pending()
                 if stopping:
                     self.close_window()
+                    if self.mirror is not None:
+                        self.mirror.sync(force=True)
                     return
                 if self.clock() >= self._deadline:
                     self.close_window(final=False)
+                if self.mirror is not None:
+                    self.mirror.sync()
                 remaining = self._deadline - self.clock()
                 # A due window still short of rows is re-checked every flush_seconds;
                 # a zero timeout here would spin the thread at 100% CPU while idle.
@@ -296,7 +308,10 @@ class Monitor:
             processed += n
             _offer_gil()
             self._check(requests, responses)
-            self.counts.observe_batch(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.counts.observe_batch(seconds)
+            if self.mirror is not None:
+                self.mirror.observe_batch(seconds)
         return processed
 
     def _extract(self, sample: Sample, requests: list[Any], responses: list[Any]) -> None:

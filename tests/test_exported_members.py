@@ -16,6 +16,7 @@ def test_public_api_is_exactly_the_intended_names() -> None:
             "__version__",
             "build_report",
             "metrics_app",
+            "multiprocess_registry",
         ]
     )
     for name in sidecar.__all__:
