@@ -108,6 +108,8 @@ class MonitorSnapshot:
     export_bins: bool = True
     batch_buckets: list[int] = field(default_factory=list)  # per bucket, +Inf last
     batch_sum: float = 0.0
+    # Kinds of bug each feature has been diagnosed with (sidecar.diagnosis.KINDS).
+    diagnosed: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 # -- the families -----------------------------------------------------------------------
@@ -178,6 +180,11 @@ DRIFTED: Family = _gauge(
     "1 if the last window's verdict is drift, else 0; absent without a verdict.",
     "feature",
 )
+DIAGNOSIS: Family = _gauge(
+    "skew_feature_diagnosis",
+    "1 while the last window's diagnosis names this kind of bug, 0 after it clears.",
+    "feature", "kind",
+)  # fmt: skip
 WINDOW_ROWS: Family = _gauge("skew_window_rows", "Request rows in the last completed window.")
 WINDOW_END: Family = _gauge("skew_window_end_timestamp_seconds", "When the last window closed.")
 QUEUE_DEPTH: Family = _gauge("skew_queue_depth", "Samples waiting to be checked.")
@@ -213,6 +220,7 @@ FAMILIES: tuple[Family, ...] = (
     BASELINE_FRACTION,
     *MEASURE_FAMILIES.values(),
     DRIFTED,
+    DIAGNOSIS,
     WINDOW_ROWS,
     WINDOW_END,
     QUEUE_DEPTH,
@@ -296,6 +304,15 @@ class Series:
                         rows.append((feature, value))
                 if r.drifted is not None:
                     drifted.append((feature, 1.0 if r.drifted else 0.0))
+        # A kind once diagnosed stays a series (at 0 once it clears): bounded by
+        # features x the fixed kinds.
+        current = {r.name: {d.kind for d in r.diagnosis} for w in snap.last_window
+                   for r in w.features.values()}  # fmt: skip
+        diagnosis = out[DIAGNOSIS]
+        for name, kinds in snap.diagnosed.items():
+            now = current.get(name, set())
+            for kind in sorted(kinds):
+                diagnosis.append(((m, name, kind), 1.0 if kind in now else 0.0))
 
 
 # -- writer 1: prometheus_client Metric objects ------------------------------------------

@@ -37,6 +37,7 @@ from .metrics import (
     BASELINE_INFO,
     BATCH_BUCKETS,
     BATCH_SECONDS,
+    DIAGNOSIS,
     DRIFTED,
     FAMILIES,
     MEASURE_FAMILIES,
@@ -58,7 +59,9 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 GaugeMode = Literal["livemax", "livemostrecent", "livesum"]
 
 # Series of the last closed window: set together when a window closes.
-WINDOW_FAMILIES = frozenset({*MEASURE_FAMILIES.values(), DRIFTED, WINDOW_ROWS, WINDOW_END})
+WINDOW_FAMILIES = frozenset(
+    {*MEASURE_FAMILIES.values(), DRIFTED, DIAGNOSIS, WINDOW_ROWS, WINDOW_END}
+)
 # How the scrape combines each gauge over processes. `live` modes count only running
 # processes (see multiprocess_registry for how dead ones are found).
 GAUGE_MODES: dict[Family, GaugeMode] = {

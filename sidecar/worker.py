@@ -193,6 +193,7 @@ class Monitor:
         self._lock = threading.Lock()  # guards engines, totals and reports
         self._totals = [Window(self.requests.checkers), Window(self.responses.checkers)]
         self._last: list[WindowReport] = []
+        self._diagnosed: dict[str, set[str]] = {}  # feature -> kinds ever diagnosed
         self._window_end_unix = 0.0
         self._windows = 0
         self._deadline = clock() + window_seconds
@@ -393,6 +394,11 @@ class Monitor:
                     ]
                     self._windows += 1
                     self._window_end_unix = time.time()
+                    for report in self._last:
+                        for r in report.features.values():
+                            if r.diagnosis:
+                                kinds = self._diagnosed.setdefault(r.name, set())
+                                kinds.update(d.kind for d in r.diagnosis)
         except Exception:
             self._error("report")
         self._deadline = self.clock() + self.window_seconds
@@ -425,6 +431,7 @@ class Monitor:
                     )
                 )
             last = list(self._last)
+            diagnosed = {name: frozenset(kinds) for name, kinds in self._diagnosed.items()}
         c = self.counts
         seen, dropped = c.seen, _summed(c.dropped, c.rejected)
         if self.sampler is not None:
@@ -448,4 +455,5 @@ class Monitor:
             export_bins=self.export_bins,
             batch_buckets=list(c.batch_buckets),
             batch_sum=c.batch_sum,
+            diagnosed=diagnosed,
         )

@@ -97,3 +97,36 @@ def test_check_json_and_the_table_carry_the_diagnosis(base: Baseline, tmp_path: 
 def test_diagnosis_json_rounds_the_confidence() -> None:
     d = Diagnosis("unit_change", 0.123456, "x")
     assert d.to_json() == {"kind": "unit_change", "confidence": 0.123, "explanation": "x"}
+
+
+def test_the_diagnosis_gauge_is_1_while_diagnosed_and_0_after_it_clears() -> None:
+    import numpy as np
+    import orjson
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from sidecar import Baseline
+    from sidecar.metrics import TextWriter
+    from sidecar.report import DriftRule
+    from sidecar.worker import Monitor, Sample
+
+    rng = np.random.default_rng(3)
+    baseline = Baseline.from_records([{"price": float(v)} for v in rng.normal(70, 25, 3000)])
+    registry = CollectorRegistry()
+    monitor = Monitor(baseline, model="m", registry=registry, rule=DriftRule(min_rows=100))
+
+    def window(scale: float) -> None:
+        for v in rng.normal(70, 25, 300):
+            monitor.submit(Sample([orjson.dumps({"price": float(v) * scale})]))
+        monitor.process_pending()
+        monitor.close_window()
+
+    labels = {"model": "m", "feature": "price", "kind": "unit_change"}
+    assert registry.get_sample_value("skew_feature_diagnosis", labels) is None
+    window(100.0)  # cents instead of dollars
+    assert registry.get_sample_value("skew_feature_diagnosis", labels) == 1.0
+    window(1.0)
+    assert registry.get_sample_value("skew_feature_diagnosis", labels) == 0.0
+    # The fast text writer renders the family exactly as prometheus_client does.
+    text = TextWriter().text([monitor.snapshot()])
+    assert 'skew_feature_diagnosis{feature="price",kind="unit_change",model="m"} 0.0' in text
+    assert text in generate_latest(registry).decode()
