@@ -194,6 +194,10 @@ class Monitor:
         self._totals = [Window(self.requests.checkers), Window(self.responses.checkers)]
         self._last: list[WindowReport] = []
         self._diagnosed: dict[str, set[str]] = {}  # feature -> kinds ever diagnosed
+        # Scrapes rebuild the running-totals reports only after rows were checked.
+        self._checked = 0
+        self._totals_at = -1
+        self._totals_report: list[WindowReport] = []
         self._window_end_unix = 0.0
         self._windows = 0
         self._deadline = clock() + window_seconds
@@ -369,6 +373,7 @@ class Monitor:
             for i in range(0, len(rows), step):
                 try:
                     with self._lock:
+                        self._checked += 1  # the running totals changed
                         engine.check(rows[i : i + step])
                 except Exception:
                     self._error("check")
@@ -387,6 +392,7 @@ class Monitor:
                 windows = [self.requests.close_window(), self.responses.close_window()]
                 for total, window in zip(self._totals, windows, strict=True):
                     total.add(window)
+                self._checked += 1
                 if windows[0].rows or windows[1].rows:
                     self._last = [
                         build_report(w, self.baseline, self.rule, baseline_hash=self.baseline_hash)
@@ -413,25 +419,41 @@ class Monitor:
 
     def snapshot(self) -> MonitorSnapshot:
         with self._lock:
-            totals = []
-            for engine, total in (
-                (self.requests, self._totals[0]),
-                (self.responses, self._totals[1]),
-            ):
-                running = Window(engine.checkers)
-                running.add(total)
-                running.add(engine.window)
-                totals.append(
-                    build_report(
-                        running,
-                        self.baseline,
-                        self.rule,
-                        baseline_hash=self.baseline_hash,
-                        measures=False,
-                    )
-                )
+            if self._totals_at != self._checked:  # reports of unchanged totals are reused
+                self._totals_report = self._build_totals()
+                self._totals_at = self._checked
+            totals = self._totals_report
             last = list(self._last)
             diagnosed = {name: frozenset(kinds) for name, kinds in self._diagnosed.items()}
+        return self._snapshot(totals, last, diagnosed)
+
+    def _build_totals(self) -> list[WindowReport]:
+        """Running totals since start (closed windows plus the open one), no measures."""
+        totals = []
+        for engine, total in (
+            (self.requests, self._totals[0]),
+            (self.responses, self._totals[1]),
+        ):
+            running = Window(engine.checkers)
+            running.add(total)
+            running.add(engine.window)
+            totals.append(
+                build_report(
+                    running,
+                    self.baseline,
+                    self.rule,
+                    baseline_hash=self.baseline_hash,
+                    measures=False,
+                )
+            )
+        return totals
+
+    def _snapshot(
+        self,
+        totals: list[WindowReport],
+        last: list[WindowReport],
+        diagnosed: dict[str, frozenset[str]],
+    ) -> MonitorSnapshot:
         c = self.counts
         seen, dropped = c.seen, _summed(c.dropped, c.rejected)
         if self.sampler is not None:

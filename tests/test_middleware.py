@@ -579,3 +579,20 @@ def test_a_bad_baseline_among_several_fails_naming_its_model(
             baseline={"churn": baseline, "fraud": tmp_path / "nope.json"},
             registry=CollectorRegistry(),
         )
+
+
+def test_scrapes_reuse_the_running_totals_until_rows_are_checked(baseline: Baseline) -> None:
+    from sidecar.worker import Monitor
+
+    monitor = Monitor(baseline, model="m", registry=None)
+    monitor.submit(Sample([body({"x": 1.0, "c": "a"})]))
+    monitor.process_pending()
+    first = monitor.snapshot().totals
+    assert monitor.snapshot().totals is first  # nothing new: not rebuilt
+    monitor.submit(Sample([body({"x": 2.0, "c": "b"})]))
+    monitor.process_pending()
+    second = monitor.snapshot().totals
+    assert second is not first
+    assert second[0].rows == 2
+    monitor.close_window()
+    assert monitor.snapshot().totals[0].rows == 2
