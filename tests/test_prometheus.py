@@ -162,6 +162,22 @@ def test_every_per_model_aggregation_of_the_alerts_keeps_the_deployment() -> Non
     assert per_model >= 30
 
 
+def test_every_aggregation_of_the_recording_rules_keeps_the_deployment() -> None:
+    """The fleet PSI and JS, and their guards (100 values, one baseline), are per
+    deployment too: every `by` and `on` starts with namespace, job, model, so staging's
+    bin counts or baseline never reach prod's measures."""
+    rules = [r for g in yaml.safe_load(RECORDING.read_text())["groups"] for r in g["rules"]]
+    matched = 0
+    for rule in rules:
+        for labels in aggregations(rule["expr"]):
+            matched += 1
+            assert labels[: len(DEPLOYMENT) + 1] == [*DEPLOYMENT, "model"], (
+                rule["record"],
+                labels,
+            )
+    assert matched >= 20
+
+
 # -- the fleet -----------------------------------------------------------------------------
 
 
