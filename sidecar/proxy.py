@@ -1,16 +1,15 @@
-"""A reverse proxy to an upstream model server that keeps the bytes it forwards.
+"""A reverse proxy to an upstream model server, as an ASGI app.
 
 `skew-sidecar serve --upstream http://model:8080` puts the sidecar in front of a model
 server that cannot be tapped in-process (TF Serving, Triton, TorchServe): every request
-is forwarded as it arrives, the response streamed back as it comes (status, headers and
-body unchanged, content encoding included), and for a sampled request the chunks seen
-on the way are kept, up to a limit, for the checker. Needs httpx (the `[proxy]` extra).
+is forwarded as it arrives and the response streamed back as it comes (status, headers
+and body unchanged, content encoding included). The sidecar taps a sampled exchange
+with the middleware's own tap around `forward`. Needs httpx (the `[proxy]` extra).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
@@ -31,39 +30,6 @@ HOP_BY_HOP = frozenset(
 )
 _NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length"}
 INSTALL_HINT = "--upstream needs httpx: pip install 'skew-sidecar[proxy]'"
-
-
-@dataclass
-class Recording:
-    """What a sampled exchange looked like on the way through, up to `limit` bytes each
-    way; a side past the limit is marked and its chunks dropped."""
-
-    limit: int
-    request: list[bytes] = field(default_factory=list)
-    response: list[bytes] = field(default_factory=list)
-    request_size: int = 0
-    response_size: int = 0
-    status: int = 0
-    response_headers: Sequence[tuple[bytes, bytes]] = ()
-    complete: bool = False  # the request body arrived whole and the response ended
-
-    @property
-    def too_large(self) -> bool:
-        return self.request_size > self.limit
-
-    def keep_request(self, chunk: bytes) -> None:
-        self.request_size += len(chunk)
-        if self.request_size <= self.limit:
-            self.request.append(chunk)
-        else:
-            self.request.clear()
-
-    def keep_response(self, chunk: bytes) -> None:
-        self.response_size += len(chunk)
-        if self.response_size <= self.limit:
-            self.response.append(chunk)
-        else:
-            self.response.clear()
 
 
 class UpstreamError(Exception):
@@ -89,9 +55,7 @@ class Proxy:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def forward(
-        self, scope: Scope, receive: Receive, send: Send, recording: Recording | None
-    ) -> None:
+    async def forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Forward the exchange; UpstreamError when nothing could be sent to the client
         yet (the caller answers 502), re-raised mid-response (the server aborts it)."""
         httpx = self._httpx
@@ -102,21 +66,16 @@ class Proxy:
         client = scope.get("client")
         if client:
             headers.append((b"x-forwarded-for", client[0].encode("latin-1")))
-        body_done = False
 
         async def body() -> AsyncIterator[bytes]:
-            nonlocal body_done
             while True:
                 message = await receive()
                 if message["type"] != "http.request":
                     return  # the client left: upstream sees a short body
                 chunk = message.get("body", b"")
                 if chunk:
-                    if recording is not None:
-                        recording.keep_request(chunk)
                     yield chunk
                 if not message.get("more_body", False):
-                    body_done = True
                     return
 
         request = self.client.build_request(scope["method"], url, headers=headers, content=body())
@@ -138,16 +97,10 @@ class Proxy:
                  "headers": out_headers}
             )  # fmt: skip
             async for chunk in response.aiter_raw():
-                if recording is not None:
-                    recording.keep_response(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await response.aclose()
-        if recording is not None:
-            recording.status = response.status_code
-            recording.response_headers = [(k.lower(), v) for k, v in response.headers.raw]
-            recording.complete = body_done
 
 
 def reply_502(problem: str) -> list[dict[str, Any]]:

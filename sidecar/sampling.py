@@ -30,6 +30,25 @@ ESTIMATE_SECONDS = 1.0  # how often the thinning is re-estimated
 OVERLOAD_ESTIMATE_SECONDS = 0.1  # sooner when the bucket refuses: traffic rose
 
 
+class TokenBucket:
+    """At most `rate` takes a second, in bursts of up to a second's worth."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.capacity = self.tokens = max(1.0, rate)
+        self.clock = clock
+        self.last = clock()
+
+    def take(self, now: float | None = None) -> bool:
+        now = self.clock() if now is None else now
+        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
 class Sampler:
     """Geometric gaps between samples; `take()` runs once per gap, never per request."""
 
@@ -53,8 +72,8 @@ class Sampler:
         self.thinning = 1.0  # the share of selected requests the cap lets through
         self.rate_limited = 0
         self._drawn = 0  # requests covered by the gaps drawn so far
-        self._tokens = self._bucket = max(1.0, max_per_second)
-        self._last_refill = self._estimated_at = clock()
+        self._bucket = TokenBucket(max_per_second, clock)
+        self._estimated_at = clock()
         self._requests_at_estimate = 0
         self.countdown = self._draw()
 
@@ -76,7 +95,7 @@ class Sampler:
         now = self.clock()
         if now - self._estimated_at >= ESTIMATE_SECONDS:
             self._estimate(now)
-        taken = self._token(now)
+        taken = self._bucket.take(now)
         if not taken:
             self.rate_limited += 1
             if now - self._estimated_at >= OVERLOAD_ESTIMATE_SECONDS:
@@ -99,16 +118,6 @@ class Sampler:
         selected = self.rate * (seen - self._requests_at_estimate) / (now - self._estimated_at)
         self.thinning = min(1.0, self.max_per_second / selected) if selected > 0 else 1.0
         self._estimated_at, self._requests_at_estimate = now, seen
-
-    def _token(self, now: float) -> bool:
-        self._tokens = min(
-            self._bucket, self._tokens + (now - self._last_refill) * self.max_per_second
-        )
-        self._last_refill = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
 
     def _draw(self) -> int:
         p = self.rate * self.thinning

@@ -44,9 +44,11 @@ from .cloudevents import (
     read_headers,
 )
 from .metrics import metrics_app
+from .middleware import _Tap, _Target
 from .models import DEFAULT_MODEL, Routes, model_from_path, parse_baseline_spec
-from .proxy import Proxy, Recording, UpstreamError, reply_502
+from .proxy import Proxy, UpstreamError, reply_502
 from .report import DriftRule
+from .sampling import Sampler, TokenBucket
 from .tap import TapAddress, TapCounts, TapFormatError, TapLedger, bind, decode
 from .worker import Monitor, Sample, _bump
 
@@ -146,27 +148,6 @@ def load_baselines(specs: Sequence[str]) -> tuple[dict[str, Baseline], Routes]:
         except BaselineError as exc:
             raise BaselineError(f"model {model!r}: {exc}") from None
     return baselines, routes
-
-
-class _Cap:
-    """Token bucket: at most `rate` samples a second, bursts of up to a second's worth.
-    (The in-app tap's sampler is tuned for a decision per served request; here the
-    cap is only consulted for requests already chosen.)"""
-
-    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
-        self.rate = rate
-        self.capacity = self.tokens = max(1.0, rate)
-        self.clock = clock
-        self.last = clock()
-
-    def allow(self) -> bool:
-        now = self.clock()
-        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 class _Half:
@@ -315,7 +296,12 @@ class Sidecar:
             )
             for name, baseline in baselines.items()
         }
-        self.caps = {name: _Cap(max_samples_per_second, clock) for name in baselines}
+        self.caps = {name: TokenBucket(max_samples_per_second, clock) for name in baselines}
+        # The middleware's tap records proxied exchanges (responses: the monitor decides).
+        self._targets = {
+            name: _Target(m, Sampler(1.0, max_samples_per_second), responses=True)
+            for name, m in self.monitors.items()
+        }
         self.sample_rate = sample_rate
         # CloudEvents are sampled by key, so both halves of an exchange agree.
         self._key_threshold = int(sample_rate * 2**32)
@@ -395,11 +381,7 @@ class Sidecar:
             return
         monitor = self.monitors[model]
         monitor.counts.seen += 1
-        if self.sample_rate < 1.0 and self._random() >= self.sample_rate:
-            await _reply(send, 204)
-            return
-        if not self.caps[model].allow():
-            _bump(monitor.counts.dropped, "rate_limited")
+        if not self._chosen(model):
             await _reply(send, 204)
             return
         chunks, problem = await self._read_body(scope, receive)
@@ -469,8 +451,7 @@ class Sidecar:
             return  # the joiner never hands over an empty exchange
         monitor = self.monitors[half.model]
         monitor.counts.seen += 1
-        if not self.caps[half.model].allow():
-            _bump(monitor.counts.dropped, "rate_limited")
+        if not self._allowed(half.model):
             return
         request_chunks = request.chunks if request is not None else []
         response_chunks = response.chunks if response is not None else []
@@ -490,8 +471,8 @@ class Sidecar:
     # -- reverse proxy -------------------------------------------------------------------
 
     async def _proxied(self, proxy: Proxy, scope: Scope, receive: Receive, send: Send) -> None:
-        """Forward to the upstream; a sampled POST is recorded on the way and checked."""
-        recording = monitor = None
+        """Forward to the upstream; a sampled POST goes through the middleware's tap,
+        which keeps the chunks it sees (up to max_body_bytes) and queues the exchange."""
         if scope["method"] == "POST":
             name = model_from_path(scope["path"])
             model = self.routes.resolve(name)
@@ -500,39 +481,16 @@ class Sidecar:
             else:
                 monitor = self.monitors[model]
                 monitor.counts.seen += 1
-                if self.sample_rate >= 1.0 or self._random() < self.sample_rate:
-                    if self.caps[model].allow():
-                        recording = Recording(self.max_body_bytes)
-                    else:
-                        _bump(monitor.counts.dropped, "rate_limited")
+                if self._chosen(model):
+                    tap = _Tap(self._targets[model], self.max_body_bytes, scope, receive, send)
+                    receive, send = tap.receive, tap.send
         try:
-            await proxy.forward(scope, receive, send, recording)
+            await proxy.forward(scope, receive, send)
         except UpstreamError as exc:
             self.counts.upstream_errors += 1
             self._log_once("upstream", "first failed upstream request (answered 502): %s", exc)
             for message in reply_502(str(exc)):
                 await send(message)
-            return
-        if recording is None or monitor is None:
-            return
-        if recording.too_large:
-            _bump(monitor.counts.dropped, "too_large")
-        elif not recording.complete:
-            _bump(monitor.counts.dropped, "body_incomplete")
-        elif not recording.request:
-            _bump(monitor.counts.dropped, "empty_body")
-        else:
-            # A response over the limit is left out; the request is still checked.
-            response = recording.response if recording.response_size <= recording.limit else ()
-            monitor.submit(
-                Sample(
-                    recording.request,
-                    response,
-                    recording.status,
-                    scope["headers"],
-                    recording.response_headers,
-                )
-            )
 
     # -- datagrams from in-app taps --------------------------------------------------------
 
@@ -561,10 +519,8 @@ class Sidecar:
         results["sample"] += 1
         self.ledger.received(item.model, item.incarnation)
         # Sampled by the tap already: only the per-model cap applies (many workers).
-        if not self.caps[model].allow():
-            _bump(monitor.counts.dropped, "rate_limited")
-            return
-        monitor.submit(item.sample)
+        if self._allowed(model):
+            monitor.submit(item.sample)
 
     async def _open_taps(self) -> None:
         loop = asyncio.get_running_loop()
@@ -594,6 +550,19 @@ class Sidecar:
                 self._log_once("expiry", "CloudEvents join timer failed; still running", exc=True)
 
     # -- shared ------------------------------------------------------------------------
+
+    def _chosen(self, model: str) -> bool:
+        """Whether to check this request: the sample rate, then the model's cap."""
+        if self.sample_rate < 1.0 and self._random() >= self.sample_rate:
+            return False
+        return self._allowed(model)
+
+    def _allowed(self, model: str) -> bool:
+        """The model's cap; a refusal is counted as rate_limited."""
+        if self.caps[model].take():
+            return True
+        _bump(self.monitors[model].counts.dropped, "rate_limited")
+        return False
 
     async def _read_body(self, scope: Scope, receive: Receive) -> tuple[list[bytes], str]:
         """The body's chunks, or a drop reason: too_large (nothing kept beyond the cap,
