@@ -189,28 +189,20 @@ class _SidecarCollector(Collector):
             "Samples naming a model that has no baseline (the name is not kept).",
             value=counts.unknown_model,
         )
-        events = CounterMetricFamily(
-            "skew_sidecar_cloudevents", "Payload-logger CloudEvents received.", labels=["result"]
-        )
-        for result, n in counts.events.items():
-            events.add_metric([result], n)
-        yield events
-        exchanges = CounterMetricFamily(
+        yield _by_label(
+            "skew_sidecar_cloudevents", "Payload-logger CloudEvents received.",
+            "result", counts.events,
+        )  # fmt: skip
+        yield _by_label(
             "skew_sidecar_exchanges",
             "CloudEvent exchanges handed to a monitor: joined, or one half alone.",
-            labels=["outcome"],
-        )
-        for outcome, n in counts.exchanges.items():
-            exchanges.add_metric([outcome], n)
-        yield exchanges
-        datagrams = CounterMetricFamily(
+            "outcome", counts.exchanges,
+        )  # fmt: skip
+        yield _by_label(
             "skew_sidecar_tap_datagrams",
             "Datagrams from in-app taps: samples, counts reports, and rejected ones.",
-            labels=["result"],
-        )
-        for result, n in counts.datagrams.items():
-            datagrams.add_metric([result], n)
-        yield datagrams
+            "result", counts.datagrams,
+        )  # fmt: skip
         yield CounterMetricFamily(
             "skew_sidecar_upstream_errors",
             "Proxied requests the upstream model server did not answer (answered 502).",
@@ -232,6 +224,13 @@ class _SidecarCollector(Collector):
             "Body bytes held by CloudEvent exchanges waiting for their other half.",
             value=joiner.pending_bytes,
         )
+
+
+def _by_label(name: str, doc: str, label: str, counts: Mapping[str, int]) -> Metric:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for value, n in counts.items():
+        family.add_metric([value], n)
+    return family
 
 
 class Sidecar:

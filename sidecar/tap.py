@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from .metrics import DROP_REASONS
+from .sampling import Sampler
 from .worker import Sample, _bump, _Counts, content_encoding
 
 MAGIC = b"SKT1"
@@ -111,7 +112,7 @@ class DatagramSink:
         self.clock = clock
         self.counts = _Counts()
         self.sent = 0
-        self.sampler: Any = None  # set by the middleware: requests seen, cap refusals
+        self.sampler: Sampler | None = None  # set by the middleware: requests seen, cap refusals
         self.incarnation = os.urandom(8)
         self._socket: socket.socket | None = None
         self._connected = False
@@ -163,12 +164,7 @@ class DatagramSink:
         self._next_counts = now + COUNTS_SECONDS
         if not self._connected and not self._connect():
             return
-        dropped = dict(self.counts.dropped)
-        seen = self.counts.seen
-        if self.sampler is not None:
-            seen += self.sampler.seen
-            if self.sampler.rate_limited:
-                _bump(dropped, "rate_limited", self.sampler.rate_limited)
+        seen, dropped = self.counts.exported(self.sampler)
         body = orjson.dumps({"seen": seen, "sent": self.sent, "dropped": dropped})
         head = _COUNTS.pack(MAGIC, b"C", self.incarnation, len(self._model))
         self._send([head, self._model, body], count=False)

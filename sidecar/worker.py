@@ -74,6 +74,16 @@ class _Counts:
     batch_buckets: list[int] = field(default_factory=lambda: [0] * (len(BATCH_BUCKETS) + 1))
     batch_sum: float = 0.0
 
+    def exported(self, sampler: Sampler | None) -> tuple[int, dict[str, int]]:
+        """Requests seen and samples dropped by reason, with the in-app tap's sampler
+        (which counts requests seen and refused by the cap itself)."""
+        seen, dropped = self.seen, _summed(self.dropped, self.rejected)
+        if sampler is not None:
+            seen += sampler.seen
+            if sampler.rate_limited:
+                _bump(dropped, "rate_limited", sampler.rate_limited)
+        return seen, dropped
+
     def observe_batch(self, seconds: float) -> None:
         self.batch_sum += seconds
         self.batch_buckets[bisect.bisect_left(BATCH_BUCKETS, seconds)] += 1
@@ -455,11 +465,7 @@ class Monitor:
         diagnosed: dict[str, frozenset[str]],
     ) -> MonitorSnapshot:
         c = self.counts
-        seen, dropped = c.seen, _summed(c.dropped, c.rejected)
-        if self.sampler is not None:
-            seen += self.sampler.seen
-            if self.sampler.rate_limited:
-                _bump(dropped, "rate_limited", self.sampler.rate_limited)
+        seen, dropped = c.exported(self.sampler)
         return MonitorSnapshot(
             model=self.model,
             baseline_hash=self.baseline_hash,
