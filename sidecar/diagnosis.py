@@ -121,14 +121,24 @@ def _excess(k: int, n: int, rate: float, train_rate: float) -> bool:
     return rate >= 0.05 and rate >= 2 * train_rate + 0.03 and k - n * train_rate > 5 * sigma + 2
 
 
-def _missing(w: FeatureWindow, stats: Any) -> list[Diagnosis]:
+def _raised_rate(
+    w: FeatureWindow, k: int, stats: Any, trained_k: int
+) -> tuple[float, float] | None:
+    """(serving rate, training rate) of k values in the window against trained_k in
+    training, when the serving rate is far above training's; else None."""
     n = _seen(w)
     trained = stats.count + stats.missing + stats.type_mismatch
     if n < MIN_VALUES or not trained:
+        return None
+    rate, train_rate = k / n, trained_k / trained
+    return (rate, train_rate) if _excess(k, n, rate, train_rate) else None
+
+
+def _missing(w: FeatureWindow, stats: Any) -> list[Diagnosis]:
+    rates = _raised_rate(w, w.missing, stats, stats.missing)
+    if rates is None:
         return []
-    rate, train_rate = w.missing / n, stats.missing / trained
-    if not _excess(w.missing, n, rate, train_rate):
-        return []
+    rate, train_rate = rates
     before = "always present in training" if not stats.missing else f"training {train_rate:.1%}"
     nulls = w.missing - w.absent
     return [
@@ -151,13 +161,10 @@ def _expected_type(stats: Any) -> str:
 
 
 def _type_change(w: FeatureWindow, stats: Any) -> list[Diagnosis]:
-    n = _seen(w)
-    trained = stats.count + stats.missing + stats.type_mismatch
-    if n < MIN_VALUES or not trained:
+    rates = _raised_rate(w, w.type_mismatch, stats, stats.type_mismatch)
+    if rates is None:
         return []
-    rate, train_rate = w.type_mismatch / n, stats.type_mismatch / trained
-    if not _excess(w.type_mismatch, n, rate, train_rate):
-        return []
+    rate, train_rate = rates
     types = w.mismatch_types
     top = int(np.argmax(types)) if types.sum() else len(MISMATCH_TYPES) - 1
     share = types[top] / types.sum() if types.sum() else 1.0
