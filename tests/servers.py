@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -57,6 +61,27 @@ def serve(app: ASGIApp) -> Iterator[str]:
         thread.join(STOP_TIMEOUT)
     if thread.is_alive():
         raise RuntimeError(f"uvicorn did not shut down within {STOP_TIMEOUT} s")
+
+
+@contextmanager
+def uvicorn_workers(factory: str, env: Mapping[str, str], workers: int = 2) -> Iterator[str]:
+    """`uvicorn --factory <factory> --workers N` in a subprocess (the repository on its
+    path) on a free port; yield its base URL; leaving the block stops it (SIGTERM, so
+    the workers run their lifespan shutdown) and waits."""
+    repo = Path(__file__).resolve().parent.parent
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [
+        sys.executable, "-m", "uvicorn", factory, "--factory", "--workers", str(workers),
+        "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+    server = subprocess.Popen(command, env={**env, "PYTHONPATH": str(repo)}, cwd=repo)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:

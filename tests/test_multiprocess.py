@@ -11,7 +11,6 @@ import collections
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator
@@ -40,9 +39,8 @@ from sidecar.multiprocess import (
 from sidecar.profile import ProfileOptions
 from sidecar.worker import Monitor, Sample
 from tests.asgi import request
-from tests.servers import eventually
+from tests.servers import eventually, uvicorn_workers
 
-REPO = Path(__file__).resolve().parent.parent
 MODEL = {"model": "m"}
 
 Key = tuple[str, frozenset[tuple[str, str]]]
@@ -329,28 +327,19 @@ def test_with_two_uvicorn_workers_counters_add_up_and_gauges_follow_their_modes(
     directory = tmp_path / "metrics"
     directory.mkdir()
     baseline.save(tmp_path / "baseline.json")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {
         **os.environ,
         ENV: str(directory),
         "SKEW_TEST_BASELINE": str(tmp_path / "baseline.json"),
         "SKEW_TEST_WINDOW_SECONDS": "1",
-        "PYTHONPATH": str(REPO),
     }
-    command = [
-        sys.executable, "-m", "uvicorn", "tests.apps.checked:build", "--factory",
-        "--workers", "2", "--port", str(port), "--log-level", "warning",
-    ]  # fmt: skip
     reference = Monitor(baseline, model="m", registry=None)  # what one process would count
     per_pid: collections.Counter[str] = collections.Counter()
     n = 200
-    server = subprocess.Popen(command, env=env, cwd=REPO)
-    try:
+    with uvicorn_workers("tests.apps.checked:build", env) as url:
         # A new connection per request, so requests and scrapes reach both workers.
         close = {"connection": "close"}
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=close) as client:
+        with httpx.Client(base_url=url, headers=close) as client:
             answered: set[str] = set()
 
             def both_up() -> bool:
@@ -446,6 +435,3 @@ def test_with_two_uvicorn_workers_counters_add_up_and_gauges_follow_their_modes(
                 return shown is not None and shown == window_of(directory, survivor)
 
             assert eventually(survivor_shown, 5)
-    finally:
-        server.terminate()
-        server.wait(30)

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,9 +37,7 @@ from sidecar.tap import (
     decode,
 )
 from sidecar.worker import Sample
-from tests.servers import eventually, serve
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.servers import eventually, serve, uvicorn_workers
 
 
 class Clock:
@@ -304,20 +299,13 @@ def test_with_two_uvicorn_workers_the_sidecar_counts_every_request_once(
     baseline: Baseline, socket_path: str
 ) -> None:
     sidecar = Sidecar({"default": baseline}, taps=[f"unix://{socket_path}"], window_seconds=3600)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "SKEW_TEST_SINK": f"unix://{socket_path}", "PYTHONPATH": str(REPO)}
-    command = [
-        sys.executable, "-m", "uvicorn", "tests.apps.tapped:build", "--factory",
-        "--workers", "2", "--port", str(port), "--log-level", "warning",
-    ]  # fmt: skip
+    env = {**os.environ, "SKEW_TEST_SINK": f"unix://{socket_path}"}
     n = 200
+    pids: set[str] = set()
     with serve(sidecar):
-        server = subprocess.Popen(command, env=env, cwd=REPO)
-        try:
-            pids: set[str] = set()
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        # Leaving the block stops the workers: they report their last counts as they stop.
+        with uvicorn_workers("tests.apps.tapped:build", env) as url:
+            with httpx.Client(base_url=url) as client:
                 assert eventually(lambda: _up(client), 30), "uvicorn --workers 2 did not start"
                 for i in range(n):
                     # A new connection each time, so both workers get requests.
@@ -328,9 +316,6 @@ def test_with_two_uvicorn_workers_the_sidecar_counts_every_request_once(
             assert eventually(
                 lambda: value(sidecar, "skew_rows_checked_total", model="default") == n, 10
             )
-        finally:
-            server.terminate()  # workers report their last counts as they stop
-            server.wait(30)
         assert eventually(lambda: value(sidecar, "skew_requests_seen_total", model="default") == n)
     assert len(pids) == 2, f"requests reached {len(pids)} worker(s)"
     assert value(sidecar, "skew_sidecar_tap_processes") == 2
