@@ -63,15 +63,21 @@ def serve(app: ASGIApp) -> Iterator[str]:
         raise RuntimeError(f"uvicorn did not shut down within {STOP_TIMEOUT} s")
 
 
+def free_port() -> int:
+    """A port that was free a moment ago (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 @contextmanager
 def uvicorn_workers(factory: str, env: Mapping[str, str], workers: int = 2) -> Iterator[str]:
     """`uvicorn --factory <factory> --workers N` in a subprocess (the repository on its
     path) on a free port; yield its base URL; leaving the block stops it (SIGTERM, so
     the workers run their lifespan shutdown) and waits."""
     repo = Path(__file__).resolve().parent.parent
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     command = [
         sys.executable, "-m", "uvicorn", factory, "--factory", "--workers", str(workers),
         "--port", str(port), "--log-level", "warning",

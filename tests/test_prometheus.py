@@ -48,8 +48,8 @@ from sidecar import Baseline, SkewMiddleware, metrics_app
 from sidecar.measures import js_distance, psi
 from sidecar.models import Routes
 from sidecar.serve import Sidecar
-from tests.prometheus import Prometheus, binary, free_port, run_prometheus
-from tests.servers import eventually, serve
+from tests.prometheus import Prometheus, binary, run_prometheus
+from tests.servers import eventually, free_port, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus"
