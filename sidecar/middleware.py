@@ -168,7 +168,14 @@ class SkewMiddleware:
                 sampler = target.sampler
                 sampler.countdown -= 1
                 if sampler.countdown <= 0 and self._take(target):
-                    tap = _Tap(target, self.max_body_bytes, scope, receive, send)
+                    tap = _Tap(
+                        target.monitor,
+                        target.sample_responses,
+                        self.max_body_bytes,
+                        scope,
+                        receive,
+                        send,
+                    )
                     if target.sample_responses:
                         await self.app(scope, tap.receive, tap.send)
                     else:
@@ -271,13 +278,21 @@ class _Tap:
         "response_headers",
         "response_size",
         "status",
-        "target",
+        "monitor",
+        "responses",
     )
 
     def __init__(
-        self, target: _Target, limit: int, scope: Scope, receive: Receive, send: Send
+        self,
+        monitor: Monitor | DatagramSink,
+        responses: bool,
+        limit: int,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
-        self.target = target
+        self.monitor = monitor
+        self.responses = responses  # the response is read too: submitted when it ends
         self.limit = limit
         self._receive = receive
         self._send = send
@@ -307,12 +322,12 @@ class _Tap:
                             self.overflow = True
                     if not message.get("more_body", False):
                         self.request_done = True
-                        if not self.target.sample_responses:
+                        if not self.responses:
                             self.finish()
                 elif kind == "http.disconnect":
                     self.finish()  # the client left mid-body: counted once, nothing queued
         except Exception:
-            self.target.monitor._error("worker")
+            self.monitor._error("worker")
         return message
 
     async def send(self, message: Message) -> None:
@@ -331,13 +346,13 @@ class _Tap:
                 self.status = message["status"]
                 self.response_headers = message.get("headers", ())
         except Exception:
-            self.target.monitor._error("worker")
+            self.monitor._error("worker")
 
     def finish(self) -> None:
         if self.finished:
             return  # a disconnect finished it before the response did
         self.finished = True
-        monitor = self.target.monitor
+        monitor = self.monitor
         if self.overflow:
             _bump(monitor.counts.dropped, "too_large")
         elif not self.request_done:

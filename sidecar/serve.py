@@ -44,11 +44,11 @@ from .cloudevents import (
     read_headers,
 )
 from .metrics import metrics_app
-from .middleware import _Tap, _Target
+from .middleware import _Tap
 from .models import DEFAULT_MODEL, Routes, model_from_path, parse_baseline_spec
 from .proxy import Proxy, UpstreamError, reply_502
 from .report import DriftRule
-from .sampling import Sampler, TokenBucket
+from .sampling import TokenBucket
 from .tap import TapAddress, TapCounts, TapFormatError, TapLedger, bind, decode
 from .worker import Monitor, Sample, _bump
 
@@ -296,11 +296,6 @@ class Sidecar:
             for name, baseline in baselines.items()
         }
         self.caps = {name: TokenBucket(max_samples_per_second, clock) for name in baselines}
-        # The middleware's tap records proxied exchanges (responses: the monitor decides).
-        self._targets = {
-            name: _Target(m, Sampler(1.0, max_samples_per_second), responses=True)
-            for name, m in self.monitors.items()
-        }
         self.sample_rate = sample_rate
         # CloudEvents are sampled by key, so both halves of an exchange agree.
         self._key_threshold = int(sample_rate * 2**32)
@@ -481,7 +476,7 @@ class Sidecar:
                 monitor = self.monitors[model]
                 monitor.counts.seen += 1
                 if self._chosen(model):
-                    tap = _Tap(self._targets[model], self.max_body_bytes, scope, receive, send)
+                    tap = _Tap(monitor, True, self.max_body_bytes, scope, receive, send)
                     receive, send = tap.receive, tap.send
         try:
             await proxy.forward(scope, receive, send)
