@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from .baseline import Baseline, BaselineError, ProfileSettings
 from .engine import Engine
+from .evidence import EvidenceOptions
 from .metrics import metrics_app
 from .middleware import SkewMiddleware
 from .multiprocess import multiprocess_registry
@@ -15,6 +16,7 @@ __all__ = [
     "BaselineError",
     "DriftRule",
     "Engine",
+    "EvidenceOptions",
     "FeatureReport",
     "ProfileOptions",
     "ProfileSettings",

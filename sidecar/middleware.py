@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .baseline import Baseline, BaselineError
+from .evidence import EvidenceOptions
 from .metrics import UNKNOWN_MODEL_REQUESTS
 from .models import Routes, model_from_path
 from .multiprocess import multiprocess_dir
@@ -77,6 +78,9 @@ class SkewMiddleware:
     their metrics to prometheus_client's per-process files instead of `registry`
     (None still turns the export off): serve `metrics_app()` or
     `multiprocess_registry()`, which add up every worker's.
+
+    `evidence=EvidenceOptions(...)` keeps recent offending values per feature (found in
+    the worker, redacted as configured); off by default.
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class SkewMiddleware:
         registry: CollectorRegistry | None = REGISTRY,
         extractor: Extractor | None = None,
         export_bins: bool = True,
+        evidence: EvidenceOptions | None = None,
     ) -> None:
         Sampler(sample_rate, max_samples_per_second)  # validates both, before any loading
         if max_body_bytes < 1:
@@ -107,10 +112,11 @@ class SkewMiddleware:
         monitors: dict[str, Monitor | DatagramSink] = {}
         multiprocess = False
         if sink is not None:
-            if baseline is not None or extractor is not None:
+            if baseline is not None or extractor is not None or evidence is not None:
                 raise ValueError(
                     "SkewMiddleware(sink=...) ships samples to the sidecar, which holds the "
-                    "baseline and extracts rows: give baseline= and extractor= to the sidecar"
+                    "baseline, extracts rows and keeps evidence: give baseline=, extractor= "
+                    "and evidence= to the sidecar (skew-sidecar serve --evidence N)"
                 )
             # Checked in the sidecar process: one datagram per sample, nothing else here.
             monitors[model] = DatagramSink(sink, model=model)
@@ -133,6 +139,7 @@ class SkewMiddleware:
                     registry=registry,
                     export_bins=export_bins,  # off for very wide models: bins x features
                     multiprocess=multiprocess,
+                    evidence=evidence,
                 )
         self.targets = {
             name: _Target(m, Sampler(sample_rate, max_samples_per_second), sample_responses)

@@ -8,6 +8,7 @@ def test_public_api_is_exactly_the_intended_names() -> None:
             "BaselineError",
             "DriftRule",
             "Engine",
+            "EvidenceOptions",
             "FeatureReport",
             "ProfileOptions",
             "ProfileSettings",
