@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from .baseline import Baseline, BaselineError, ProfileSettings
+from .debug import skew_app
 from .engine import Engine
 from .evidence import EvidenceOptions
 from .metrics import metrics_app
@@ -26,4 +27,5 @@ __all__ = [
     "build_report",
     "metrics_app",
     "multiprocess_registry",
+    "skew_app",
 ]

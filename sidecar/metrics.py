@@ -530,6 +530,13 @@ _COLLECTORS: weakref.WeakKeyDictionary[CollectorRegistry, SkewCollector] = (
 _COLLECTORS_LOCK = threading.Lock()
 
 
+def monitors_of(registry: CollectorRegistry) -> list[Monitor]:
+    """The monitors exporting to this registry (none if it has no skew collector)."""
+    with _COLLECTORS_LOCK:
+        collector = _COLLECTORS.get(registry)
+    return collector._current() if collector is not None else []
+
+
 def collector_for(registry: CollectorRegistry) -> SkewCollector:
     """The registry's skew collector, registered on first use."""
     with _COLLECTORS_LOCK:

@@ -1,6 +1,7 @@
 """`skew-sidecar serve`: the sidecar process. One or several baselines, samples by HTTP.
 
-Samples arrive two ways, told apart by their headers, on any path but the three below:
+Samples arrive two ways, told apart by their headers, on any path but the app's own
+(below):
 
 - mirrored requests (nginx `mirror`, Envoy/Istio request mirroring): the body is read
   up to `max_body_bytes`, queued for the model's monitor, and answered 204 at once;
@@ -9,8 +10,9 @@ Samples arrive two ways, told apart by their headers, on any path but the three 
   request logger; see cloudevents.py): request and response events are joined and
   checked as one exchange.
 
-`/metrics`, `/healthz` and `/readyz` are served by the same app. Settings come from
-flags or `SKEW_SIDECAR_*` environment variables, read in `ServeSettings.resolve`.
+`/metrics`, `/healthz`, `/readyz` and the debug page (`/skew`, `/skew.json`) are served
+by the same app. Settings come from flags or `SKEW_SIDECAR_*` environment variables,
+read in `ServeSettings.resolve`.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from .cloudevents import (
     is_structured,
     read_headers,
 )
+from .debug import debug_app
 from .metrics import metrics_app
 from .middleware import _Tap
 from .models import DEFAULT_MODEL, Routes, model_from_path, parse_baseline_spec
@@ -55,7 +58,7 @@ from .worker import Monitor, Sample, _bump
 logger = logging.getLogger("sidecar.serve")
 
 ENV_PREFIX = "SKEW_SIDECAR_"
-RESERVED_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+RESERVED_PATHS = frozenset({"/metrics", "/healthz", "/readyz", "/skew", "/skew.json"})
 # What happened to each CloudEvent (skew_sidecar_cloudevents_total{result}).
 EVENT_RESULTS = ("accepted", "duplicate", "ignored", "invalid")
 # What happened to each datagram from a tap (skew_sidecar_tap_datagrams_total{result}).
@@ -306,6 +309,7 @@ class Sidecar:
         self.ready = False
         self._expiry: asyncio.Task[None] | None = None
         self._metrics = metrics_app(self.registry)
+        self._debug = debug_app(lambda: list(self.monitors.values()))
         self._random = random.random
         self._logged: set[str] = set()
         self.tap_addresses = [TapAddress.parse(text) for text in taps]
@@ -327,6 +331,8 @@ class Sidecar:
             path = path.rstrip("/")
             if path == "/metrics":
                 await self._metrics(scope, receive, send)
+            elif path.startswith("/skew"):
+                await self._debug(scope, receive, send)
             elif path == "/healthz":
                 problem = self.health_problem()
                 await _reply(send, 503 if problem else 200, problem or "ok")

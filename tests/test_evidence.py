@@ -357,6 +357,7 @@ def test_a_sensitive_value_appears_nowhere(
         model="m",
         registry=registry,
         evidence=options,
+        debug_path="/skew",
     )
     rows = [
         {"x": 500.0, "c": "zzz", "email": SECRET, "user": {"ssn": SECRET}},  # unseen category
@@ -365,13 +366,15 @@ def test_a_sensitive_value_appears_nowhere(
         {"x": 1.0, "c": "a", "email": {"nested": SECRET}, "user": SECRET},
     ]
 
-    async def run() -> None:
+    async def run() -> list[bytes]:
         headers = ((b"content-type", b"application/json"), (b"x-request-id", b"r-1"))
         await request(mw, chunks=[orjson.dumps(rows)], headers=headers)
         mw.monitor.stop()  # checks what is queued and closes the window
+        pages = [await request(mw, "GET", path) for path in ("/skew", "/skew.json")]
+        return [page.body for page in pages]
 
     try:
-        asyncio.run(run())
+        html, json = asyncio.run(run())
     finally:
         mw.monitor.stop()
     log = mw.monitor.evidence  # type: ignore[union-attr]
@@ -380,7 +383,11 @@ def test_a_sensitive_value_appears_nowhere(
     assert [e.value for e in recent["email"]] == ["(absent)", REDACTED, REDACTED]
     assert [e.value[:8] for e in recent["user.ssn"]] == ["(absent)", "blake2b:", "blake2b:"]
     assert [e.value for e in recent["c"]] == ['"zzz"']  # not sensitive: kept as it was
+    assert b"[redacted]" in html and b"blake2b:" in html
+    assert b"[redacted]" in json and b"blake2b:" in json
     shown = {
+        "page": html,
+        "json": json,
         "metrics": exposition(registry, "text/plain")[0],
         "generate_latest": generate_latest(registry),
         "openmetrics": openmetrics(registry),
