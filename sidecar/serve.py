@@ -46,6 +46,7 @@ from .cloudevents import (
     read_headers,
 )
 from .debug import debug_app
+from .evidence import EvidenceOptions
 from .metrics import metrics_app
 from .middleware import _Tap
 from .models import DEFAULT_MODEL, Routes, model_from_path, parse_baseline_spec
@@ -63,6 +64,9 @@ RESERVED_PATHS = frozenset({"/metrics", "/healthz", "/readyz", "/skew", "/skew.j
 EVENT_RESULTS = ("accepted", "duplicate", "ignored", "invalid")
 # What happened to each datagram from a tap (skew_sidecar_tap_datagrams_total{result}).
 TAP_RESULTS = ("sample", "counts", "invalid", "unknown_model")
+# Settings that are lists: repeatable flags, comma-separated variables.
+_FIELD_LISTS = ("redact_fields", "hash_fields")
+_LISTS = ("baseline", "tap", *_FIELD_LISTS)
 INSTALL_HINT = "the serve command needs uvicorn: pip install 'skew-sidecar[serve]'"
 
 
@@ -86,6 +90,12 @@ class ServeSettings:
     log_level: str = "info"
     upstream: str = ""  # reverse proxy mode: forward to this model server and tap
     upstream_timeout: float = 60.0
+    evidence: int = 0  # offending values kept per feature; 0: evidence off
+    evidence_total: int = 1000  # per model
+    redact_fields: tuple[str, ...] = ()  # comma-separated in the variable
+    hash_fields: tuple[str, ...] = ()
+    redaction_key: str = field(default="", repr=False)  # empty: a random key per process
+    request_id_header: str = "x-request-id"
 
     def __post_init__(self) -> None:
         def bad(name: str, rule: str) -> ValueError:
@@ -111,9 +121,17 @@ class ServeSettings:
             "queue_size",
             "max_pending",
             "max_pending_bytes",
+            "evidence_total",
         ):
             if getattr(self, name) < 1:
                 raise bad(name, "must be at least 1")
+        if self.evidence < 0:
+            raise bad("evidence", "must be 0 (off) or more")
+        if len(self.redaction_key.encode()) > 64:
+            raise ValueError(
+                f"--redaction-key ({ENV_PREFIX}REDACTION_KEY) must be at most 64 bytes, "
+                f"got {len(self.redaction_key.encode())}"
+            )
         if not 0 <= self.port <= 65535:
             raise bad("port", "must be between 0 and 65535")
         if self.log_level.lower() not in ("critical", "error", "warning", "info", "debug"):
@@ -129,14 +147,29 @@ class ServeSettings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             given = flags.get(f.name)
-            if f.name in ("baseline", "tap"):
+            if f.name in _LISTS:
                 specs = given or config(f.name.upper(), default="").split(",")
+                if f.name in _FIELD_LISTS:  # field names have no commas: flags split too
+                    specs = [name for spec in specs for name in spec.split(",")]
                 values[f.name] = tuple(s.strip() for s in specs if s.strip())
             elif given is not None:
                 values[f.name] = given
             else:
                 values[f.name] = config(f.name.upper(), cast=type(f.default), default=f.default)
         return cls(**values)
+
+    def evidence_options(self) -> EvidenceOptions | None:
+        """The evidence settings, or None when evidence is off."""
+        if not self.evidence:
+            return None
+        return EvidenceOptions(
+            per_feature=self.evidence,
+            max_total=self.evidence_total,
+            redact=self.redact_fields,
+            hash=self.hash_fields,
+            key=self.redaction_key.encode() or None,
+            request_id_header=self.request_id_header,
+        )
 
 
 def load_baselines(specs: Sequence[str]) -> tuple[dict[str, Baseline], Routes]:
@@ -260,6 +293,7 @@ class Sidecar:
         taps: Sequence[str] = (),
         upstream: str | None = None,
         upstream_timeout: float = 60.0,
+        evidence: EvidenceOptions | None = None,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -295,6 +329,7 @@ class Sidecar:
                 window_seconds=window_seconds,
                 rule=DriftRule(min_rows=min_window_rows),
                 registry=self.registry,
+                evidence=evidence,
             )
             for name, baseline in baselines.items()
         }
@@ -725,6 +760,7 @@ def build(settings: ServeSettings) -> Sidecar:
         taps=settings.tap,
         upstream=settings.upstream or None,
         upstream_timeout=settings.upstream_timeout,
+        evidence=settings.evidence_options(),
     )
 
 
