@@ -3,7 +3,9 @@
 __version__ = "0.1.0"
 
 from .baseline import Baseline, BaselineError, ProfileSettings
+from .debug import skew_app
 from .engine import Engine
+from .evidence import EvidenceOptions
 from .metrics import metrics_app
 from .middleware import SkewMiddleware
 from .multiprocess import multiprocess_registry
@@ -15,6 +17,7 @@ __all__ = [
     "BaselineError",
     "DriftRule",
     "Engine",
+    "EvidenceOptions",
     "FeatureReport",
     "ProfileOptions",
     "ProfileSettings",
@@ -24,4 +27,5 @@ __all__ = [
     "build_report",
     "metrics_app",
     "multiprocess_registry",
+    "skew_app",
 ]

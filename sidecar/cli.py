@@ -144,7 +144,8 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="run the sidecar process: mirrored requests and payload-logger CloudEvents",
         description="Receive mirrored inference requests (nginx mirror, Envoy/Istio "
         "mirroring) and KServe/Seldon payload-logger CloudEvents on any path, check "
-        "them against one baseline per model, and serve /metrics, /healthz and /readyz. "
+        "them against one baseline per model, and serve /metrics, /healthz, /readyz and "
+        "the debug page /skew (/skew.json). "
         f"Every option can also be set as {ENV_PREFIX}<OPTION> (e.g. "
         f"{ENV_PREFIX}MAX_BODY_BYTES); a flag wins over the variable.",
     )
@@ -165,6 +166,17 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "datagram address: unix:///run/skew/tap.sock or udp://127.0.0.1:9009 "
         f"(repeatable; {ENV_PREFIX}TAP: comma-separated)",
     )
+    for flag, what in (
+        ("redact-fields", "never keep the values of these fields in evidence"),
+        ("hash-fields", "keep only a keyed BLAKE2b digest of these fields' values"),
+    ):
+        p.add_argument(
+            f"--{flag}",
+            action="append",
+            metavar="FIELD[,FIELD...]",
+            help=f"{what} (repeatable; {ENV_PREFIX}{flag.upper().replace('-', '_')}: "
+            "comma-separated)",
+        )
     options: list[tuple[str, type, str]] = [
         ("host", str, "address to listen on"),
         ("port", int, "port to listen on"),
@@ -185,6 +197,19 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             "check sampled POSTs on the way (needs the [proxy] extra)",
         ),
         ("upstream-timeout", float, "seconds to wait for the upstream's response"),
+        (
+            "evidence",
+            int,
+            "keep this many recent offending values per feature for /skew and exemplars (0: off)",
+        ),
+        ("evidence-total", int, "at most this many offending values per model"),
+        (
+            "redaction-key",
+            str,
+            f"key for --hash-fields digests; prefer {ENV_PREFIX}REDACTION_KEY (flags show in "
+            "ps); empty: random per process",
+        ),
+        ("request-id-header", str, "header whose value identifies a request in evidence"),
     ]
     for flag, kind, text in options:
         default = getattr(defaults, flag.replace("-", "_"))

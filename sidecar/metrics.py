@@ -34,6 +34,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -110,6 +111,9 @@ class MonitorSnapshot:
     batch_sum: float = 0.0
     # Kinds of bug each feature has been diagnosed with (sidecar.diagnosis.KINDS).
     diagnosed: dict[str, frozenset[str]] = field(default_factory=dict)
+    # Evidence (when on): (feature, reason) -> (request id, unix time) of the newest
+    # offending value with a request id; exemplars of the violation counters.
+    exemplars: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
 
 
 # -- the families -----------------------------------------------------------------------
@@ -246,6 +250,8 @@ class Series:
         }
         # skew_monitor_batch_seconds: labels, cumulative bucket counts (+Inf last), sum.
         self.histograms: list[tuple[Labels, list[int], float]] = []
+        # Violation counters' exemplars (OpenMetrics only): family -> labels -> exemplar.
+        self.exemplars: dict[Family, dict[Labels, Exemplar]] = {}
 
     def add(self, snap: MonitorSnapshot) -> None:
         out = self.values
@@ -313,6 +319,23 @@ class Series:
             now = current.get(name, set())
             for kind in sorted(kinds):
                 diagnosis.append(((m, name, kind), 1.0 if kind in now else 0.0))
+        for (name, reason), (request_id, at) in snap.exemplars.items():
+            family, extra = _VIOLATIONS[reason]
+            exemplar = Exemplar({"request_id": request_id}, 1.0, at)
+            self.exemplars.setdefault(family, {})[(m, name) + extra] = exemplar
+
+
+# Evidence reason (offences.REASONS) -> the counter it counts in, and its labels after
+# model and feature.
+_VIOLATIONS: dict[str, tuple[Family, Labels]] = {
+    **{
+        reason: (FEATURE_COUNTER_FAMILIES[reason], ())
+        for reason in ("missing", "type_mismatch", "shape_mismatch", "nonfinite")
+    },
+    "unseen_category": (FEATURE_COUNTER_FAMILIES["unseen_category"], ()),
+    "out_of_range/low": (OUT_OF_RANGE, ("low",)),
+    "out_of_range/high": (OUT_OF_RANGE, ("high",)),
+}
 
 
 # -- writer 1: prometheus_client Metric objects ------------------------------------------
@@ -332,11 +355,17 @@ def render(snapshots: list[MonitorSnapshot]) -> Iterator[Metric]:
                 histogram.add_metric(values, buckets, total)
             yield histogram
             continue
-        kind = CounterMetricFamily if family.type == "counter" else GaugeMetricFamily
-        metric = kind(family.name, family.help, labels=labels)
+        if family.type == "counter":
+            counter = CounterMetricFamily(family.name, family.help, labels=labels)
+            exemplars = series.exemplars.get(family, {})
+            for values, value in series.values[family]:
+                counter.add_metric(values, value, exemplar=exemplars.get(values))
+            yield counter
+            continue
+        gauge = GaugeMetricFamily(family.name, family.help, labels=labels)
         for values, value in series.values[family]:
-            metric.add_metric(values, value)
-        yield metric
+            gauge.add_metric(values, value)
+        yield gauge
 
 
 # -- writer 2: the text format ----------------------------------------------------------
@@ -499,6 +528,13 @@ _COLLECTORS: weakref.WeakKeyDictionary[CollectorRegistry, SkewCollector] = (
     weakref.WeakKeyDictionary()
 )
 _COLLECTORS_LOCK = threading.Lock()
+
+
+def monitors_of(registry: CollectorRegistry) -> list[Monitor]:
+    """The monitors exporting to this registry (none if it has no skew collector)."""
+    with _COLLECTORS_LOCK:
+        collector = _COLLECTORS.get(registry)
+    return collector._current() if collector is not None else []
 
 
 def collector_for(registry: CollectorRegistry) -> SkewCollector:

@@ -18,6 +18,8 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .baseline import Baseline, BaselineError
+from .debug import debug_app
+from .evidence import EvidenceOptions
 from .metrics import UNKNOWN_MODEL_REQUESTS
 from .models import Routes, model_from_path
 from .multiprocess import multiprocess_dir
@@ -77,6 +79,11 @@ class SkewMiddleware:
     their metrics to prometheus_client's per-process files instead of `registry`
     (None still turns the export off): serve `metrics_app()` or
     `multiprocess_registry()`, which add up every worker's.
+
+    `evidence=EvidenceOptions(...)` keeps recent offending values per feature (found in
+    the worker, redacted as configured); `debug_path="/skew"` serves the debug page there
+    and its JSON at `/skew.json` (GET; those paths are never sampled). Both are off by
+    default: the page shows request data, so serve it where only operators reach it.
     """
 
     def __init__(
@@ -99,18 +106,33 @@ class SkewMiddleware:
         registry: CollectorRegistry | None = REGISTRY,
         extractor: Extractor | None = None,
         export_bins: bool = True,
+        evidence: EvidenceOptions | None = None,
+        debug_path: str | None = None,
     ) -> None:
         Sampler(sample_rate, max_samples_per_second)  # validates both, before any loading
         if max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes!r}")
+        if debug_path is not None and (
+            not debug_path.startswith("/") or debug_path.endswith(("/", ".json"))
+        ):
+            raise ValueError(
+                f"debug_path must be a path like '/skew' (the JSON is served at "
+                f"'/skew.json'), got {debug_path!r}"
+            )
         self.app = app
         monitors: dict[str, Monitor | DatagramSink] = {}
         multiprocess = False
         if sink is not None:
-            if baseline is not None or extractor is not None:
+            if baseline is not None or extractor is not None or evidence is not None:
                 raise ValueError(
                     "SkewMiddleware(sink=...) ships samples to the sidecar, which holds the "
-                    "baseline and extracts rows: give baseline= and extractor= to the sidecar"
+                    "baseline, extracts rows and keeps evidence: give baseline=, extractor= "
+                    "and evidence= to the sidecar (skew-sidecar serve --evidence N)"
+                )
+            if debug_path is not None:
+                raise ValueError(
+                    "SkewMiddleware(sink=..., debug_path=...): nothing is checked here; "
+                    "the sidecar serves /skew"
                 )
             # Checked in the sidecar process: one datagram per sample, nothing else here.
             monitors[model] = DatagramSink(sink, model=model)
@@ -133,6 +155,7 @@ class SkewMiddleware:
                     registry=registry,
                     export_bins=export_bins,  # off for very wide models: bins x features
                     multiprocess=multiprocess,
+                    evidence=evidence,
                 )
         self.targets = {
             name: _Target(m, Sampler(sample_rate, max_samples_per_second), sample_responses)
@@ -154,12 +177,22 @@ class SkewMiddleware:
                 registry.register(_UnknownModels(self._unknown.sampler))
         self.methods = frozenset(m.upper() for m in methods)
         self.paths = tuple(paths) if paths is not None else None
+        # The debug page's paths: empty (one falsy check per request) unless asked for.
+        self.debug_paths: frozenset[str] = frozenset()
+        if debug_path is not None:
+            self.debug_paths = frozenset({debug_path, debug_path + ".json"})
+            exclude_paths = frozenset(exclude_paths) | self.debug_paths
+            checked = [m for m in monitors.values() if isinstance(m, Monitor)]
+            self.debug_app = debug_app(lambda: checked)
         self.exclude_paths = frozenset(exclude_paths)
         self.max_body_bytes = max_body_bytes
         self._routed: dict[str, _Target | None] = {}  # path -> target, for the first paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Every request pays for this branch: a few dict lookups and one decrement.
+        if self.debug_paths and scope["type"] == "http" and scope["path"] in self.debug_paths:
+            await self.debug_app(scope, receive, send)
+            return
         if scope["type"] == "http" and scope["method"] in self.methods:
             target = self._routed.get(scope["path"], _UNROUTED)
             if target is _UNROUTED:

@@ -1,6 +1,7 @@
 """`skew-sidecar serve`: the sidecar process. One or several baselines, samples by HTTP.
 
-Samples arrive two ways, told apart by their headers, on any path but the three below:
+Samples arrive two ways, told apart by their headers, on any path but the app's own
+(below):
 
 - mirrored requests (nginx `mirror`, Envoy/Istio request mirroring): the body is read
   up to `max_body_bytes`, queued for the model's monitor, and answered 204 at once;
@@ -9,8 +10,9 @@ Samples arrive two ways, told apart by their headers, on any path but the three 
   request logger; see cloudevents.py): request and response events are joined and
   checked as one exchange.
 
-`/metrics`, `/healthz` and `/readyz` are served by the same app. Settings come from
-flags or `SKEW_SIDECAR_*` environment variables, read in `ServeSettings.resolve`.
+`/metrics`, `/healthz`, `/readyz` and the debug page (`/skew`, `/skew.json`) are served
+by the same app. Settings come from flags or `SKEW_SIDECAR_*` environment variables,
+read in `ServeSettings.resolve`.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from .cloudevents import (
     is_structured,
     read_headers,
 )
+from .debug import debug_app
+from .evidence import EvidenceOptions
 from .metrics import metrics_app
 from .middleware import _Tap
 from .models import DEFAULT_MODEL, Routes, model_from_path, parse_baseline_spec
@@ -55,11 +59,14 @@ from .worker import Monitor, Sample, _bump
 logger = logging.getLogger("sidecar.serve")
 
 ENV_PREFIX = "SKEW_SIDECAR_"
-RESERVED_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+RESERVED_PATHS = frozenset({"/metrics", "/healthz", "/readyz", "/skew", "/skew.json"})
 # What happened to each CloudEvent (skew_sidecar_cloudevents_total{result}).
 EVENT_RESULTS = ("accepted", "duplicate", "ignored", "invalid")
 # What happened to each datagram from a tap (skew_sidecar_tap_datagrams_total{result}).
 TAP_RESULTS = ("sample", "counts", "invalid", "unknown_model")
+# Settings that are lists: repeatable flags, comma-separated variables.
+_FIELD_LISTS = ("redact_fields", "hash_fields")
+_LISTS = ("baseline", "tap", *_FIELD_LISTS)
 INSTALL_HINT = "the serve command needs uvicorn: pip install 'skew-sidecar[serve]'"
 
 
@@ -83,6 +90,12 @@ class ServeSettings:
     log_level: str = "info"
     upstream: str = ""  # reverse proxy mode: forward to this model server and tap
     upstream_timeout: float = 60.0
+    evidence: int = 0  # offending values kept per feature; 0: evidence off
+    evidence_total: int = 1000  # per model
+    redact_fields: tuple[str, ...] = ()  # comma-separated in the variable
+    hash_fields: tuple[str, ...] = ()
+    redaction_key: str = field(default="", repr=False)  # empty: a random key per process
+    request_id_header: str = "x-request-id"
 
     def __post_init__(self) -> None:
         def bad(name: str, rule: str) -> ValueError:
@@ -108,9 +121,17 @@ class ServeSettings:
             "queue_size",
             "max_pending",
             "max_pending_bytes",
+            "evidence_total",
         ):
             if getattr(self, name) < 1:
                 raise bad(name, "must be at least 1")
+        if self.evidence < 0:
+            raise bad("evidence", "must be 0 (off) or more")
+        if len(self.redaction_key.encode()) > 64:
+            raise ValueError(
+                f"--redaction-key ({ENV_PREFIX}REDACTION_KEY) must be at most 64 bytes, "
+                f"got {len(self.redaction_key.encode())}"
+            )
         if not 0 <= self.port <= 65535:
             raise bad("port", "must be between 0 and 65535")
         if self.log_level.lower() not in ("critical", "error", "warning", "info", "debug"):
@@ -126,14 +147,29 @@ class ServeSettings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             given = flags.get(f.name)
-            if f.name in ("baseline", "tap"):
+            if f.name in _LISTS:
                 specs = given or config(f.name.upper(), default="").split(",")
+                if f.name in _FIELD_LISTS:  # field names have no commas: flags split too
+                    specs = [name for spec in specs for name in spec.split(",")]
                 values[f.name] = tuple(s.strip() for s in specs if s.strip())
             elif given is not None:
                 values[f.name] = given
             else:
                 values[f.name] = config(f.name.upper(), cast=type(f.default), default=f.default)
         return cls(**values)
+
+    def evidence_options(self) -> EvidenceOptions | None:
+        """The evidence settings, or None when evidence is off."""
+        if not self.evidence:
+            return None
+        return EvidenceOptions(
+            per_feature=self.evidence,
+            max_total=self.evidence_total,
+            redact=self.redact_fields,
+            hash=self.hash_fields,
+            key=self.redaction_key.encode() or None,
+            request_id_header=self.request_id_header,
+        )
 
 
 def load_baselines(specs: Sequence[str]) -> tuple[dict[str, Baseline], Routes]:
@@ -257,6 +293,7 @@ class Sidecar:
         taps: Sequence[str] = (),
         upstream: str | None = None,
         upstream_timeout: float = 60.0,
+        evidence: EvidenceOptions | None = None,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -292,6 +329,7 @@ class Sidecar:
                 window_seconds=window_seconds,
                 rule=DriftRule(min_rows=min_window_rows),
                 registry=self.registry,
+                evidence=evidence,
             )
             for name, baseline in baselines.items()
         }
@@ -306,6 +344,7 @@ class Sidecar:
         self.ready = False
         self._expiry: asyncio.Task[None] | None = None
         self._metrics = metrics_app(self.registry)
+        self._debug = debug_app(lambda: list(self.monitors.values()))
         self._random = random.random
         self._logged: set[str] = set()
         self.tap_addresses = [TapAddress.parse(text) for text in taps]
@@ -327,6 +366,8 @@ class Sidecar:
             path = path.rstrip("/")
             if path == "/metrics":
                 await self._metrics(scope, receive, send)
+            elif path.startswith("/skew"):
+                await self._debug(scope, receive, send)
             elif path == "/healthz":
                 problem = self.health_problem()
                 await _reply(send, 503 if problem else 200, problem or "ok")
@@ -719,6 +760,7 @@ def build(settings: ServeSettings) -> Sidecar:
         taps=settings.tap,
         upstream=settings.upstream or None,
         upstream_timeout=settings.upstream_timeout,
+        evidence=settings.evidence_options(),
     )
 
 

@@ -17,6 +17,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import orjson
@@ -24,6 +25,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from .baseline import SCHEMA_VERSION, Baseline
 from .engine import Engine, Window
+from .evidence import EvidenceLog, EvidenceOptions, Recorder, Redactor, request_id
 from .extract import extract_request, extract_response
 from .metrics import BATCH_BUCKETS, MonitorSnapshot, collector_for
 from .multiprocess import Mirror
@@ -169,6 +171,7 @@ class Monitor:
         wake_samples: int = 256,
         export_bins: bool = True,
         multiprocess: bool = False,
+        evidence: EvidenceOptions | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if queue_size < 1:
@@ -198,6 +201,18 @@ class Monitor:
         self.output_name = outputs[0] if len(outputs) == 1 else "prediction"
         # Positional payloads (lists without names) take the baseline's input order.
         self.input_names = list(self.requests.checkers)
+        # Evidence (opt-in): recent offending values, found here in the worker.
+        self.evidence: EvidenceLog | None = None
+        self._recorders: tuple[Recorder, Recorder] | None = None
+        self._id_header = b""
+        if evidence is not None:
+            self.evidence = EvidenceLog(evidence.per_feature, evidence.max_total)
+            redactor = Redactor(evidence, baseline.features)
+            self._recorders = (
+                Recorder(self.requests, baseline, self.evidence, redactor),
+                Recorder(self.responses, baseline, self.evidence, redactor),
+            )
+            self._id_header = evidence.request_id_header.lower().encode("latin-1")
         self._queue: deque[Sample] = deque()
         self._wakeup = threading.Event()
         self._lock = threading.Lock()  # guards engines, totals and reports
@@ -318,11 +333,15 @@ class Monitor:
             requests: list[Any] = []
             responses: list[Any] = []
             n = min(len(self._queue), self.batch_samples)
-            for _ in range(n):
-                self._extract(self._queue.popleft(), requests, responses)
+            if self._recorders is None:
+                for _ in range(n):
+                    self._extract(self._queue.popleft(), requests, responses)
+                ids = None
+            else:
+                ids = self._extract_with_ids(n, requests, responses)
             processed += n
             _offer_gil()
-            self._check(requests, responses)
+            self._check(requests, responses, ids)
             seconds = time.perf_counter() - started
             self.counts.observe_batch(seconds)
             if self.mirror is not None:
@@ -353,6 +372,20 @@ class Monitor:
                 except Exception:
                     self._error("extract")
 
+    def _extract_with_ids(
+        self, n: int, requests: list[Any], responses: list[Any]
+    ) -> tuple[list[str | None], list[str | None]]:
+        """Extract n samples, and the request id of each row (for evidence)."""
+        request_ids: list[str | None] = []
+        response_ids: list[str | None] = []
+        for _ in range(n):
+            sample = self._queue.popleft()
+            self._extract(sample, requests, responses)
+            rid = request_id(sample.headers, self._id_header)
+            request_ids.extend(repeat(rid, len(requests) - len(request_ids)))
+            response_ids.extend(repeat(rid, len(responses) - len(response_ids)))
+        return request_ids, response_ids
+
     def _parse(self, chunks: Sequence[bytes], headers: Headers, count: bool) -> Any:
         """Parsed JSON, or None (counted for requests when count is true)."""
         if not chunks:
@@ -377,14 +410,24 @@ class Monitor:
             self._error("parse")
         return None
 
-    def _check(self, requests: list[Any], responses: list[Any]) -> None:
+    def _check(
+        self,
+        requests: list[Any],
+        responses: list[Any],
+        ids: tuple[list[str | None], list[str | None]] | None = None,
+    ) -> None:
         step = self.batch_rows
-        for engine, rows in ((self.requests, requests), (self.responses, responses)):
+        now = time.time() if ids is not None else 0.0  # evidence's timestamps
+        batches = ((self.requests, requests), (self.responses, responses))
+        for j, (engine, rows) in enumerate(batches):
             for i in range(0, len(rows), step):
                 try:
                     with self._lock:
                         self._checked += 1  # the running totals changed
-                        engine.check(rows[i : i + step])
+                        if ids is None or self._recorders is None:
+                            engine.check(rows[i : i + step])
+                        else:  # the same check, and the offending values as evidence
+                            self._recorders[j].check(rows[i : i + step], ids[j][i : i + step], now)
                 except Exception:
                     self._error("check")
                 _offer_gil()
@@ -484,4 +527,15 @@ class Monitor:
             batch_buckets=list(c.batch_buckets),
             batch_sum=c.batch_sum,
             diagnosed=diagnosed,
+            exemplars=self._exemplars(),
         )
+
+    def _exemplars(self) -> dict[tuple[str, str], tuple[str, float]]:
+        """(feature, reason) -> (request id, unix time) of the newest evidence with an id."""
+        if self.evidence is None:
+            return {}
+        return {
+            key: (entry.request_id, entry.time)
+            for key, entry in self.evidence.exemplars().items()
+            if entry.request_id is not None
+        }

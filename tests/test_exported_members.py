@@ -8,6 +8,7 @@ def test_public_api_is_exactly_the_intended_names() -> None:
             "BaselineError",
             "DriftRule",
             "Engine",
+            "EvidenceOptions",
             "FeatureReport",
             "ProfileOptions",
             "ProfileSettings",
@@ -17,6 +18,7 @@ def test_public_api_is_exactly_the_intended_names() -> None:
             "build_report",
             "metrics_app",
             "multiprocess_registry",
+            "skew_app",
         ]
     )
     for name in sidecar.__all__:

@@ -23,7 +23,8 @@ import pytest
 from starlette.types import Message
 
 from sidecar import Baseline
-from sidecar.cli import main
+from sidecar.cli import build_parser, main
+from sidecar.evidence import EvidenceOptions
 from sidecar.models import Routes, model_from_path, parse_baseline_spec
 from sidecar.profile import ProfileOptions
 from sidecar.serve import ServeSettings, Sidecar
@@ -572,9 +573,37 @@ def test_settings_come_from_flags_then_environment_then_defaults() -> None:
     assert ServeSettings.resolve({}, {}) == ServeSettings()
 
 
+def test_evidence_settings_come_from_flags_and_variables_and_are_off_by_default() -> None:
+    assert ServeSettings().evidence_options() is None
+    args = build_parser().parse_args(
+        ["serve", "--evidence", "5", "--redact-fields", "email, phone", "--redact-fields", "ssn"]
+    )
+    environ = {
+        "SKEW_SIDECAR_HASH_FIELDS": "user_id,account",
+        "SKEW_SIDECAR_REDACTION_KEY": "s3cret",
+        "SKEW_SIDECAR_REQUEST_ID_HEADER": "ce-id",
+        "SKEW_SIDECAR_REDACT_FIELDS": "ignored: the flag wins",
+    }
+    settings = ServeSettings.resolve(vars(args), environ)
+    assert settings.evidence_options() == EvidenceOptions(
+        per_feature=5,
+        max_total=1000,
+        redact=("email", "phone", "ssn"),
+        hash=("user_id", "account"),
+        key=b"s3cret",
+        request_id_header="ce-id",
+    )
+    assert "s3cret" not in repr(settings)
+
+
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
+        ({"SKEW_SIDECAR_EVIDENCE": "-1"}, "--evidence (SKEW_SIDECAR_EVIDENCE) must be 0 (off)"),
+        (
+            {"SKEW_SIDECAR_REDACTION_KEY": "k" * 65},
+            "--redaction-key (SKEW_SIDECAR_REDACTION_KEY) must be at most 64 bytes, got 65",
+        ),
         ({"SKEW_SIDECAR_PORT": "http"}, "Config 'SKEW_SIDECAR_PORT' has value 'http'. Not a valid"),
         (
             {"SKEW_SIDECAR_MAX_BODY_BYTES": "0"},
@@ -674,3 +703,28 @@ def test_routes_send_named_unnamed_and_unknown_samples_where_documented(
 def test_conflicting_baseline_names_are_rejected(names: list[str | None], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         Routes.from_specs(names)
+
+
+# -- evidence ------------------------------------------------------------------------------
+
+
+def test_the_sidecar_keeps_evidence_of_mirrored_requests_with_their_ids(
+    baseline: Baseline,
+) -> None:
+    evidence = EvidenceOptions(hash=("c",), key=b"k")
+    app = sidecar(baseline, evidence=evidence)
+    openmetrics = {"accept": "application/openmetrics-text; version=1.0.0"}
+    with serve(app) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+        bad = orjson.dumps({"x": 500.0, "c": "zzz"})
+        client.post("/predict", content=bad, headers={"x-request-id": "req-1"})
+        client.post("/predict", content=ROW, headers={"x-request-id": "req-2"})  # clean
+        assert eventually(lambda: value(app, "skew_rows_checked_total", model="default") == 2)
+        data = client.get("/skew.json").json()
+        metrics = client.get("/metrics", headers=openmetrics).text
+    features = {f["name"]: f for f in data["models"][0]["features"]}
+    assert [(e["value"], e["request_id"]) for e in features["x"]["evidence"]] == [
+        ("500.0", "req-1")
+    ]
+    assert features["c"]["evidence"][0]["value"].startswith("blake2b:")
+    high = 'skew_feature_out_of_range_total{feature="x",model="default",side="high"} 1.0'
+    assert f'{high} # {{request_id="req-1"}} 1.0 ' in metrics
