@@ -1,4 +1,4 @@
-"""skew-sidecar profile | profile merge | check | serve | demo."""
+"""skew-sidecar profile | profile merge | check | diff | serve | demo."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ import orjson
 from . import __version__
 from .baseline import Baseline, BaselineError, ProfileSettings
 from .check import InputProblems, check_file
+from .diff import diff_baselines
 from .profile import ProfileOptions, profile_files
 from .readers import ReaderError
-from .render import format_baseline, format_report
+from .render import format_baseline, format_diff, format_report
 from .report import DriftRule
 
+EXIT_CHANGED = 1
 EXIT_BAD_INPUT = 2
 
 
@@ -136,6 +138,46 @@ def _check_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--strict", action="store_true", help="exit 2 if any line is unusable")
 
 
+def _diff_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "diff",
+        help="compare two baselines: how the training data moved",
+        description="Compare the baseline of a retrained model's data (NEW) with the "
+        "one it replaces (OLD): per feature, the serving-skew measures of NEW's data in "
+        "OLD's bins, missing and type-mismatch rates, added, removed and retyped "
+        "features. Exit status: 0 nothing changed beyond the thresholds, 1 something "
+        "did, 2 bad input.",
+    )
+    p.add_argument("old", help="baseline JSON of the data the current model was trained on")
+    p.add_argument("new", help="baseline JSON of the new training data")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    rule = DriftRule()
+    p.add_argument(
+        "--psi-floor",
+        type=float,
+        default=rule.psi_floor,
+        help="smallest PSI that counts as a changed distribution",
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=rule.alpha,
+        help="G-test significance level for distributions and rates",
+    )
+    p.add_argument(
+        "--rate-change",
+        type=float,
+        default=0.05,
+        help="smallest change of a missing or type-mismatch rate that counts (0.05 = 5 points)",
+    )
+    p.add_argument(
+        "--min-rows",
+        type=int,
+        default=rule.min_rows,
+        help="no verdict for features with fewer values on either side",
+    )
+
+
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from .serve import ENV_PREFIX, ServeSettings
 
@@ -199,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _profile_parser(sub)
     _check_parser(sub)
+    _diff_parser(sub)
     _serve_parser(sub)
     demo = sub.add_parser("demo", help="profile and check the embedded demo data set")
     demo.add_argument("--dir", help="where to write the demo files (default: a temp dir)")
@@ -216,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _profile(args)
         if args.command == "check":
             return _check(args)
+        if args.command == "diff":
+            return _diff(args)
         if args.command == "serve":
             return _serve(args)
         return _demo(args)
@@ -326,6 +371,22 @@ def _check(args: argparse.Namespace) -> int:
         if args.strict:
             return EXIT_BAD_INPUT
     return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    try:
+        rule = DriftRule(min_rows=args.min_rows, alpha=args.alpha, psi_floor=args.psi_floor)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    diff = diff_baselines(
+        Baseline.load(args.old), Baseline.load(args.new), rule, rate_change=args.rate_change
+    )
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(diff.to_json(), option=orjson.OPT_APPEND_NEWLINE))
+        sys.stdout.flush()
+    else:
+        print(format_diff(diff))
+    return EXIT_CHANGED if diff.changed else 0
 
 
 def _serve(args: argparse.Namespace) -> int:

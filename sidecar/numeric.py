@@ -91,6 +91,11 @@ class NumericStats:
         return math.sqrt(self.m2 / self.count) if self.count else math.nan
 
     @property
+    def sketched(self) -> bool:
+        """Whether the KLL sketch is kept (baselines imported from summaries have none)."""
+        return bool(self.sketch_b64) or self._sketch is not None
+
+    @property
     def discrete(self) -> bool:
         return self.bins is not None and self.bins.values is not None
 
