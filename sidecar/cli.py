@@ -63,8 +63,20 @@ def _profile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "Parquet; optionally .gz). `skew-sidecar profile merge A B -o C` merges "
         "baselines built on partitions of the same data.",
     )
-    p.add_argument("train", nargs="+", help="training files")
+    p.add_argument("train", nargs="*", help="training files")
     p.add_argument("-o", "--output", required=True, help="baseline JSON to write")
+    p.add_argument(
+        "--from-tfdv",
+        metavar="STATS",
+        help="import TFDV statistics (DatasetFeatureStatisticsList: binary .pb, TFRecord or "
+        ".pbtxt) instead of profiling files (needs the [tfdv] extra)",
+    )
+    p.add_argument(
+        "--tfdv-dataset",
+        metavar="NAME",
+        help="which dataset (slice) of the statistics to import "
+        "(default: the only one, else 'All Examples')",
+    )
     for kind in ("categorical", "numeric", "timestamp"):
         p.add_argument(
             f"--{kind}",
@@ -290,9 +302,15 @@ def _profile(args: argparse.Namespace) -> int:
         chunk_rows=args.chunk_rows,
         progress=Progress(not args.quiet),
     )
-    baseline = profile_files(args.train, options)
+    if args.from_tfdv:
+        baseline = _from_tfdv(args, options)
+    elif not args.train:
+        raise UsageError("profile: give training files (or --from-tfdv STATS)")
+    else:
+        baseline = profile_files(args.train, options)
     if not baseline.rows:
-        raise UsageError(f"no rows in {', '.join(args.train)}: nothing to profile")
+        source = args.from_tfdv or ", ".join(args.train)
+        raise UsageError(f"no rows in {source}: nothing to profile")
     baseline.save(args.output)
     if not args.quiet:
         print(format_baseline(baseline))
@@ -300,6 +318,22 @@ def _profile(args: argparse.Namespace) -> int:
         _warn_unknown_names(baseline, options)
         print(f"wrote {args.output}")
     return 0
+
+
+def _from_tfdv(args: argparse.Namespace, options: ProfileOptions) -> Baseline:
+    from .tfdv import profile_tfdv
+
+    if args.train:
+        raise UsageError("--from-tfdv takes no training files: give one or the other")
+    if options.categorical or options.numeric or options.timestamp:
+        raise UsageError(
+            "--categorical/--numeric/--timestamp do not apply to --from-tfdv: "
+            "TFDV's statistics fix each feature's kind"
+        )
+    imported = profile_tfdv(args.from_tfdv, options, args.tfdv_dataset)
+    for name, reason in imported.skipped.items():
+        print(f"warning: {args.from_tfdv}: feature {name!r} skipped: {reason}", file=sys.stderr)
+    return imported.baseline
 
 
 def _warn_unknown_names(baseline: Baseline, options: ProfileOptions) -> None:

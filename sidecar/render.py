@@ -40,11 +40,13 @@ def format_report(report: WindowReport) -> str:
         )
     ranked = report.by_severity()
     lines.extend(_table(_REPORT_COLUMNS, [_report_row(r) for r in ranked]))
-    explained = [r for r in ranked if r.diagnosis]
+    explained = [r for r in ranked if r.diagnosis or r.notes]
     if explained:
         lines.append("")
     for r in explained:
-        lines.append(f"{r.name}: {r.diagnosis[0].kind}: {r.diagnosis[0].explanation}")
+        if r.diagnosis:
+            lines.append(f"{r.name}: {r.diagnosis[0].kind}: {r.diagnosis[0].explanation}")
+        lines.extend(f"{r.name}: note: {note}" for note in r.notes)
     return "\n".join(lines)
 
 
@@ -62,6 +64,8 @@ def _report_row(r: FeatureReport) -> tuple[str, ...]:
     ):
         if n:
             issues.append(f"{label}={n}")
+    if r.kind == "categorical" and r.unseen_category is None:
+        issues.append("unseen=?")
     spread = r.ks if r.ks is not None else r.linf
     verdict = {True: "DRIFT", False: "ok", None: "-"}[r.drifted]
     return (
