@@ -72,6 +72,23 @@ def _profile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ".pbtxt) instead of profiling files (needs the [tfdv] extra)",
     )
     p.add_argument(
+        "--engine",
+        choices=("local", "dask"),
+        default="local",
+        help="dask: profile one Parquet dataset (a directory, glob or fsspec URL such as "
+        "s3://bucket/train/) partition by partition on a Dask cluster ([dask] extra)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="--engine dask: local worker processes (default: one per core)",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="--engine dask: use the running cluster at this scheduler address instead",
+    )
+    p.add_argument(
         "--tfdv-dataset",
         metavar="NAME",
         help="which dataset (slice) of the statistics to import "
@@ -304,6 +321,8 @@ def _profile(args: argparse.Namespace) -> int:
     )
     if args.from_tfdv:
         baseline = _from_tfdv(args, options)
+    elif args.engine == "dask":
+        baseline = _from_dask(args, options)
     elif not args.train:
         raise UsageError("profile: give training files (or --from-tfdv STATS)")
     else:
@@ -334,6 +353,18 @@ def _from_tfdv(args: argparse.Namespace, options: ProfileOptions) -> Baseline:
     for name, reason in imported.skipped.items():
         print(f"warning: {args.from_tfdv}: feature {name!r} skipped: {reason}", file=sys.stderr)
     return imported.baseline
+
+
+def _from_dask(args: argparse.Namespace, options: ProfileOptions) -> Baseline:
+    from .dask_profile import profile_parquet_dataset
+
+    if len(args.train) != 1:
+        raise UsageError("--engine dask takes one Parquet dataset (a directory, glob or URL)")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    return profile_parquet_dataset(
+        args.train[0], options, workers=args.workers, scheduler=args.scheduler
+    )
 
 
 def _warn_unknown_names(baseline: Baseline, options: ProfileOptions) -> None:
