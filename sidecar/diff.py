@@ -25,8 +25,9 @@ from .timestamps import TimestampStats
 __all__ = ["BaselineDiff", "FeatureDiff", "diff_baselines"]
 
 FloatArray = npt.NDArray[np.float64]
-# Reasons a feature counts as changed, in the order they are reported.
+# Reasons a feature counts as changed; the first four change the schema.
 REASONS = ("added", "removed", "kind", "role", "distribution", "missing_rate", "mismatch_rate")
+SCHEMA_REASONS = REASONS[:4]
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class FeatureDiff:
 
     def severity(self) -> tuple[int, int, float, float]:
         """Changed first, schema changes before shifts, then by PSI and missing-rate change."""
-        schema = any(r in ("added", "removed", "kind", "role") for r in self.reasons)
+        schema = any(r in SCHEMA_REASONS for r in self.reasons)
         return (int(self.changed), int(schema), self.psi or 0.0, abs(_delta(self) or 0.0))
 
     def to_json(self) -> dict[str, Any]:
