@@ -342,8 +342,8 @@ def _profile(args: argparse.Namespace) -> int:
 def _from_tfdv(args: argparse.Namespace, options: ProfileOptions) -> Baseline:
     from .tfdv import profile_tfdv
 
-    if args.train:
-        raise UsageError("--from-tfdv takes no training files: give one or the other")
+    if args.train or args.engine != "local":
+        raise UsageError("--from-tfdv takes no training files and no --engine: it reads no data")
     if options.categorical or options.numeric or options.timestamp:
         raise UsageError(
             "--categorical/--numeric/--timestamp do not apply to --from-tfdv: "

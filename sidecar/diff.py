@@ -277,6 +277,9 @@ def _numeric_measures(a: NumericStats, b: NumericStats, notes: list[str]) -> dic
     if a.bins is None or not a.count or not b.count:
         return {}
     new_cdf = Cdf(b)
+    if a.bins.values is not None and new_cdf.approximate:
+        notes.append("no value counts in the new baseline: per-value bins not compared")
+        return {}
     if new_cdf.approximate:
         notes.append("new baseline has no sketch: its mass in the old bins is interpolated")
     fractions = np.array(a.bins.fractions)

@@ -284,6 +284,15 @@ def test_diff_against_an_imported_baseline_notes_the_interpolated_bins(stats_pb:
     assert d.psi is not None and d.psi < 0.01
 
 
+def test_diff_does_not_compare_per_value_bins_with_an_imported_baseline(
+    stats_pb: Path,
+) -> None:
+    profiled = profile_columns({"user.age": np.arange(18, 68).repeat(20) % 5})
+    d = diff_baselines(profiled, profile_tfdv(stats_pb).baseline).features["user.age"]
+    assert d.psi is None and not d.changed
+    assert d.notes == ("no value counts in the new baseline: per-value bins not compared",)
+
+
 def test_cli_profile_from_tfdv_writes_a_baseline_and_warns_about_skipped_features(
     stats_pb: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -299,6 +308,7 @@ def test_cli_profile_from_tfdv_writes_a_baseline_and_warns_about_skipped_feature
     ("extra", "message"),
     [
         (["train.csv"], "--from-tfdv takes no training files"),
+        (["--engine", "dask"], "--from-tfdv takes no training files and no --engine"),
         (["--categorical", "plan"], "do not apply to --from-tfdv"),
     ],
 )
