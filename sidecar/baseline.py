@@ -102,8 +102,8 @@ class Source:
 class Baseline:
     """Training-time statistics per feature.
 
-    Build one with `Baseline.from_records`, `from_columns`, `from_dataframe` or
-    `from_files`; `save`/`load` the JSON file; `merge` baselines of partitions.
+    Build one with `Baseline.from_records`, `from_columns`, `from_dataframe`,
+    `from_dask` or `from_files`; `save`/`load` the JSON file; `merge` baselines of partitions.
     """
 
     features: dict[str, Feature]
@@ -135,6 +135,13 @@ class Baseline:
         from .profile import profile_dataframe
 
         return profile_dataframe(df, options)
+
+    @classmethod
+    def from_dask(cls, ddf: Any, options: ProfileOptions | None = None) -> Baseline:
+        """Profile a Dask DataFrame's partitions in parallel and merge them ([dask] extra)."""
+        from .dask_profile import profile_dask
+
+        return profile_dask(ddf, options)
 
     @classmethod
     def from_files(

@@ -1,4 +1,4 @@
-"""skew-sidecar profile | profile merge | check | serve | demo."""
+"""skew-sidecar profile | profile merge | check | diff | serve | demo."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ import orjson
 from . import __version__
 from .baseline import Baseline, BaselineError, ProfileSettings
 from .check import InputProblems, check_file
+from .diff import diff_baselines
 from .profile import ProfileOptions, profile_files
 from .readers import ReaderError
-from .render import format_baseline, format_report
+from .render import format_baseline, format_diff, format_report
 from .report import DriftRule
 
+EXIT_CHANGED = 1
 EXIT_BAD_INPUT = 2
 
 
@@ -61,8 +63,37 @@ def _profile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "Parquet; optionally .gz). `skew-sidecar profile merge A B -o C` merges "
         "baselines built on partitions of the same data.",
     )
-    p.add_argument("train", nargs="+", help="training files")
+    p.add_argument("train", nargs="*", help="training files")
     p.add_argument("-o", "--output", required=True, help="baseline JSON to write")
+    p.add_argument(
+        "--from-tfdv",
+        metavar="STATS",
+        help="import TFDV statistics (DatasetFeatureStatisticsList: binary .pb, TFRecord or "
+        ".pbtxt) instead of profiling files (needs the [tfdv] extra)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("local", "dask"),
+        default="local",
+        help="dask: profile one Parquet dataset (a directory, glob or fsspec URL such as "
+        "s3://bucket/train/) partition by partition on a Dask cluster ([dask] extra)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="--engine dask: local worker processes (default: one per core)",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="--engine dask: use the running cluster at this scheduler address instead",
+    )
+    p.add_argument(
+        "--tfdv-dataset",
+        metavar="NAME",
+        help="which dataset (slice) of the statistics to import "
+        "(default: the only one, else 'All Examples')",
+    )
     for kind in ("categorical", "numeric", "timestamp"):
         p.add_argument(
             f"--{kind}",
@@ -134,6 +165,46 @@ def _check_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="also check prediction columns (when the rows carry model outputs)",
     )
     p.add_argument("--strict", action="store_true", help="exit 2 if any line is unusable")
+
+
+def _diff_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "diff",
+        help="compare two baselines: how the training data moved",
+        description="Compare the baseline of a retrained model's data (NEW) with the "
+        "one it replaces (OLD): per feature, the serving-skew measures of NEW's data in "
+        "OLD's bins, missing and type-mismatch rates, added, removed and retyped "
+        "features. Exit status: 0 nothing changed beyond the thresholds, 1 something "
+        "did, 2 bad input.",
+    )
+    p.add_argument("old", help="baseline JSON of the data the current model was trained on")
+    p.add_argument("new", help="baseline JSON of the new training data")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    rule = DriftRule()
+    p.add_argument(
+        "--psi-floor",
+        type=float,
+        default=rule.psi_floor,
+        help="smallest PSI that counts as a changed distribution",
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=rule.alpha,
+        help="G-test significance level for distributions and rates",
+    )
+    p.add_argument(
+        "--rate-change",
+        type=float,
+        default=0.05,
+        help="smallest change of a missing or type-mismatch rate that counts (0.05 = 5 points)",
+    )
+    p.add_argument(
+        "--min-rows",
+        type=int,
+        default=rule.min_rows,
+        help="no verdict for features with fewer values on either side",
+    )
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -224,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _profile_parser(sub)
     _check_parser(sub)
+    _diff_parser(sub)
     _serve_parser(sub)
     demo = sub.add_parser("demo", help="profile and check the embedded demo data set")
     demo.add_argument("--dir", help="where to write the demo files (default: a temp dir)")
@@ -241,6 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _profile(args)
         if args.command == "check":
             return _check(args)
+        if args.command == "diff":
+            return _diff(args)
         if args.command == "serve":
             return _serve(args)
         return _demo(args)
@@ -270,9 +344,17 @@ def _profile(args: argparse.Namespace) -> int:
         chunk_rows=args.chunk_rows,
         progress=Progress(not args.quiet),
     )
-    baseline = profile_files(args.train, options)
+    if args.from_tfdv:
+        baseline = _from_tfdv(args, options)
+    elif args.engine == "dask":
+        baseline = _from_dask(args, options)
+    elif not args.train:
+        raise UsageError("profile: give training files (or --from-tfdv STATS)")
+    else:
+        baseline = profile_files(args.train, options)
     if not baseline.rows:
-        raise UsageError(f"no rows in {', '.join(args.train)}: nothing to profile")
+        source = args.from_tfdv or ", ".join(args.train)
+        raise UsageError(f"no rows in {source}: nothing to profile")
     baseline.save(args.output)
     if not args.quiet:
         print(format_baseline(baseline))
@@ -280,6 +362,34 @@ def _profile(args: argparse.Namespace) -> int:
         _warn_unknown_names(baseline, options)
         print(f"wrote {args.output}")
     return 0
+
+
+def _from_tfdv(args: argparse.Namespace, options: ProfileOptions) -> Baseline:
+    from .tfdv import profile_tfdv
+
+    if args.train or args.engine != "local":
+        raise UsageError("--from-tfdv takes no training files and no --engine: it reads no data")
+    if options.categorical or options.numeric or options.timestamp:
+        raise UsageError(
+            "--categorical/--numeric/--timestamp do not apply to --from-tfdv: "
+            "TFDV's statistics fix each feature's kind"
+        )
+    imported = profile_tfdv(args.from_tfdv, options, args.tfdv_dataset)
+    for name, reason in imported.skipped.items():
+        print(f"warning: {args.from_tfdv}: feature {name!r} skipped: {reason}", file=sys.stderr)
+    return imported.baseline
+
+
+def _from_dask(args: argparse.Namespace, options: ProfileOptions) -> Baseline:
+    from .dask_profile import profile_parquet_dataset
+
+    if len(args.train) != 1:
+        raise UsageError("--engine dask takes one Parquet dataset (a directory, glob or URL)")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    return profile_parquet_dataset(
+        args.train[0], options, workers=args.workers, scheduler=args.scheduler
+    )
 
 
 def _warn_unknown_names(baseline: Baseline, options: ProfileOptions) -> None:
@@ -351,6 +461,22 @@ def _check(args: argparse.Namespace) -> int:
         if args.strict:
             return EXIT_BAD_INPUT
     return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    try:
+        rule = DriftRule(min_rows=args.min_rows, alpha=args.alpha, psi_floor=args.psi_floor)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    diff = diff_baselines(
+        Baseline.load(args.old), Baseline.load(args.new), rule, rate_change=args.rate_change
+    )
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(diff.to_json(), option=orjson.OPT_APPEND_NEWLINE))
+        sys.stdout.flush()
+    else:
+        print(format_diff(diff))
+    return EXIT_CHANGED if diff.changed else 0
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -91,6 +91,11 @@ class NumericStats:
         return math.sqrt(self.m2 / self.count) if self.count else math.nan
 
     @property
+    def sketched(self) -> bool:
+        """Whether the KLL sketch is kept (baselines imported from summaries have none)."""
+        return bool(self.sketch_b64) or self._sketch is not None
+
+    @property
     def discrete(self) -> bool:
         return self.bins is not None and self.bins.values is not None
 
@@ -168,6 +173,12 @@ class NumericStats:
         return ExactQuantiles(np.sort(np.concatenate(self._exact)))
 
     def merge(self, other: NumericStats) -> None:
+        for stats in (self, other):
+            if stats.count and not stats.sketched:
+                raise BaselineError(
+                    "no quantile sketch (imported from summary statistics such as TFDV's), "
+                    "so it cannot be merged; profile the training data itself to merge"
+                )
         self._exact = None  # merged edges come from the merged sketches
         self.missing += other.missing
         self.nan += other.nan
@@ -241,7 +252,10 @@ class NumericStats:
             if self.value_counts is None
             else [[v, self.value_counts[v]] for v in sorted(self.value_counts)],
             "discrete_max": self.discrete_max,
-            "sketch": {"kll_k": self.sketch_k, "kll_doubles": self.sketch_b64},
+            # null: imported from summary statistics without a sketch (not mergeable).
+            "sketch": {"kll_k": self.sketch_k, "kll_doubles": self.sketch_b64}
+            if self.sketched or not self.count
+            else None,
         }
 
     @classmethod
@@ -255,9 +269,11 @@ class NumericStats:
             integer=f.boolean(data, "integer", where),
             discrete_max=f.count(data, "discrete_max", where),
         )
-        sketch = f.obj(data, "sketch", where)
-        stats.sketch_k = f.count(sketch, "kll_k", f"{where}.sketch")
-        stats.sketch_b64 = f.string(sketch, "kll_doubles", f"{where}.sketch")
+        sketched = f.field(data, "sketch", where) is not None
+        if sketched:
+            sketch = f.obj(data, "sketch", where)
+            stats.sketch_k = f.count(sketch, "kll_k", f"{where}.sketch")
+            stats.sketch_b64 = f.string(sketch, "kll_doubles", f"{where}.sketch")
         if stats.count:
             stats.min = f.number(data, "min", where)
             stats.max = f.number(data, "max", where)
@@ -275,12 +291,8 @@ class NumericStats:
             missing = set(stats.bins.edges or []) - set(stats.grid)
             if missing:
                 raise BaselineError(f"{where}.quantiles.grid: lacks bin edges {sorted(missing)}")
-            if not stats.sketch_b64:
-                raise BaselineError(f"{where}.sketch.kll_doubles: empty sketch")
-            try:
-                stats.sketch()  # decode now: a damaged file fails at load, not at merge
-            except BaselineError as exc:
-                raise BaselineError(f"{where}.sketch.kll_doubles: {exc}") from None
+            if sketched:
+                stats._load_sketch(where)
         pairs = data.get("value_counts")
         if pairs is None:
             stats.value_counts = None
@@ -291,6 +303,15 @@ class NumericStats:
         else:
             raise BaselineError(f"{where}.value_counts: expected [[value, count], ...] or null")
         return stats
+
+    def _load_sketch(self, where: str) -> None:
+        """Decode now, so a damaged file fails at load, not at merge."""
+        if not self.sketch_b64:
+            raise BaselineError(f"{where}.sketch.kll_doubles: empty sketch")
+        try:
+            self.sketch()
+        except BaselineError as exc:
+            raise BaselineError(f"{where}.sketch.kll_doubles: {exc}") from None
 
 
 class ExactQuantiles:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from .baseline import Baseline
 from .categorical import CategoricalStats
+from .diff import BaselineDiff, FeatureDiff
 from .numeric import NumericStats
 from .report import FeatureReport, WindowReport
 from .sequences import ListStats
@@ -39,11 +40,13 @@ def format_report(report: WindowReport) -> str:
         )
     ranked = report.by_severity()
     lines.extend(_table(_REPORT_COLUMNS, [_report_row(r) for r in ranked]))
-    explained = [r for r in ranked if r.diagnosis]
+    explained = [r for r in ranked if r.diagnosis or r.notes]
     if explained:
         lines.append("")
     for r in explained:
-        lines.append(f"{r.name}: {r.diagnosis[0].kind}: {r.diagnosis[0].explanation}")
+        if r.diagnosis:
+            lines.append(f"{r.name}: {r.diagnosis[0].kind}: {r.diagnosis[0].explanation}")
+        lines.extend(f"{r.name}: note: {note}" for note in r.notes)
     return "\n".join(lines)
 
 
@@ -61,6 +64,8 @@ def _report_row(r: FeatureReport) -> tuple[str, ...]:
     ):
         if n:
             issues.append(f"{label}={n}")
+    if r.kind == "categorical" and r.unseen_category is None:
+        issues.append("unseen=?")
     spread = r.ks if r.ks is not None else r.linf
     verdict = {True: "DRIFT", False: "ok", None: "-"}[r.drifted]
     return (
@@ -77,6 +82,60 @@ def _report_row(r: FeatureReport) -> tuple[str, ...]:
         verdict,
         r.diagnosis[0].kind if r.diagnosis else "-",
     )
+
+
+_DIFF_COLUMNS = (
+    "feature",
+    "kind",
+    "missing",
+    "psi",
+    "js",
+    "ks/linf",
+    "shift",
+    "scale",
+    "new cats",
+    "verdict",
+)
+
+
+def format_diff(diff: BaselineDiff) -> str:
+    changed = [d for d in diff.by_severity() if d.changed]
+    lines = [
+        f"old {diff.old_hash}: {diff.old_rows} rows -> new {diff.new_hash}: {diff.new_rows} rows; "
+        f"{len(changed)} of {len(diff.features)} features changed"
+    ]
+    lines.extend(_table(_DIFF_COLUMNS, [_diff_row(d) for d in diff.by_severity()]))
+    noted = [d for d in diff.by_severity() if d.notes]
+    if noted:
+        lines.append("")
+    for d in noted:
+        lines.extend(f"{d.name}: {note}" for note in d.notes)
+    return "\n".join(lines)
+
+
+def _diff_row(d: FeatureDiff) -> tuple[str, ...]:
+    kind = d.old_kind or "-"
+    if d.new_kind != d.old_kind:
+        kind = f"{kind} -> {d.new_kind or '-'}"
+    missing = f"{_pct(d.old_missing_rate)} -> {_pct(d.new_missing_rate)}"
+    spread = d.ks if d.ks is not None else d.linf
+    verdict = "CHANGED: " + ", ".join(d.reasons) if d.changed else "ok"
+    return (
+        d.name,
+        kind,
+        missing,
+        _num(d.psi),
+        _num(d.js_distance),
+        _num(spread),
+        _num(d.mean_shift),
+        _num(d.scale_ratio),
+        "-" if d.new_categories is None else f"{100 * d.new_categories:.1f}%",
+        verdict,
+    )
+
+
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{100 * rate:.1f}%"
 
 
 def format_baseline(baseline: Baseline) -> str:

@@ -72,6 +72,8 @@ class FeatureReport:
     bin_counts: tuple[int, ...] = ()
     baseline_fractions: tuple[float, ...] = ()
     diagnosis: tuple[Diagnosis, ...] = ()
+    # Checks the baseline cannot support, and why ("vocabulary incomplete: ...").
+    notes: tuple[str, ...] = ()
 
     JSON_FIELDS = (
         "values",
@@ -109,6 +111,7 @@ class FeatureReport:
         for key in self.JSON_FIELDS:
             data[key] = getattr(self, key)
         data["diagnosis"] = [d.to_json() for d in self.diagnosis]
+        data["notes"] = list(self.notes)
         return data
 
     def severity(self) -> tuple[int, float, float]:
@@ -177,8 +180,12 @@ def _feature_report(
 ) -> FeatureReport:
     stats = feature.stats
     unseen = None
-    if isinstance(stats, CategoricalStats) and stats.vocabulary_complete:
-        unseen = w.unseen
+    notes: tuple[str, ...] = ()
+    if isinstance(stats, CategoricalStats):
+        if stats.vocabulary_complete:
+            unseen = w.unseen
+        else:
+            notes = (vocabulary_note(stats),)
     bins = _bins(stats, w)
     fields: dict[str, Any] = {}
     if bins is not None:
@@ -204,7 +211,16 @@ def _feature_report(
         type_mismatch=w.type_mismatch,
         unseen_category=unseen,
         shape_mismatch=w.shape_mismatch,
+        notes=notes,
         **fields,
+    )
+
+
+def vocabulary_note(stats: CategoricalStats) -> str:
+    share = stats.other_count / stats.count if stats.count else 0.0
+    return (
+        f"vocabulary incomplete: the baseline keeps {len(stats.vocabulary)} training values "
+        f"and not the other {share:.1%} of training values, so unseen categories are not counted"
     )
 
 

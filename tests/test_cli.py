@@ -37,6 +37,7 @@ DOCUMENTED_KEYS = {
     "scale_ratio",
     "drifted",
     "diagnosis",
+    "notes",
 }
 OPTIONAL_KEYS = {"kind", "role", "p_value"}
 COUNT_KEYS = (
