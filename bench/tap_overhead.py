@@ -3,12 +3,14 @@
 Drives a Starlette app in-process (no sockets) for N requests per variant:
 
   bare        the app alone
+  noop        a pass-through pure-ASGI middleware: the floor for any middleware
   unwatched   SkewMiddleware, GET requests (not watched: pass-through cost)
   skipped     SkewMiddleware, sample_rate=0 (sampling decided, body untouched)
   sampled     SkewMiddleware, every request sampled; the worker thread is held
               back so only serving-path work is counted (tee + enqueue)
-  checked     as sampled, then the worker checks everything (total CPU incl. the
-              off-loop check, for scale)
+  checked     as sampled, and the worker's checking, in batches of --batch samples
+              (the real server's worker saw about 90 at sample_rate 0.1): the
+              total CPU of a sampled request, on and off the loop
   sink        SkewMiddleware(sink=...): every request sampled and sent as one datagram
               to a Unix socket drained by another process (the serving process's
               whole cost of the datagram tap)
@@ -36,7 +38,7 @@ import threading
 import time
 from typing import Any
 
-VARIANTS = ("bare", "unwatched", "skipped", "sampled", "checked", "sink")
+VARIANTS = ("bare", "noop", "unwatched", "skipped", "sampled", "checked", "sink")
 # The sidecar's stand-in for the sink variant: binds the socket, reads and discards.
 DRAIN = """
 import os, socket, sys
@@ -68,6 +70,8 @@ def build(variant: str) -> tuple[Any, Any]:
     app: Any = Starlette(routes=[Route("/predict", predict, methods=["GET", "POST"])])
     if variant == "bare":
         return app, None
+    if variant == "noop":
+        return NoopMiddleware(app), None
     rows = [{f"f{j}": float((i * 7 + j) % 97) for j in range(FEATURES)} for i in range(500)]
     baseline = Baseline.from_records(rows)
     options: dict[str, Any] = {
@@ -84,6 +88,14 @@ def build(variant: str) -> tuple[Any, Any]:
         mw.monitor._thread = threading.Thread()  # "started", but never run: loop cost only
     _ = orjson
     return mw, mw.monitor
+
+
+class NoopMiddleware:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
 
 
 def drained_socket() -> str:
@@ -111,7 +123,9 @@ def body() -> bytes:
     return orjson.dumps({f"f{j}": float(j) + 0.5 for j in range(FEATURES)})
 
 
-async def drive(app: Any, n: int, method: str) -> None:
+async def drive(app: Any, n: int, method: str, monitor: Any = None, batch: int = 0) -> None:
+    """n requests; with a monitor and a batch size, its queue is checked every `batch`
+    requests, as the worker would (same thread: the cost is counted, not overlapped)."""
     payload = body()
     scope_base = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
@@ -134,33 +148,35 @@ async def drive(app: Any, n: int, method: str) -> None:
             return {"type": "http.disconnect"}
 
         await app(dict(scope_base), receive, send)
+        if batch and len(monitor._queue) >= batch:
+            monitor.process_pending()
+    if batch:
+        monitor.process_pending()
 
 
-def run_variant(variant: str, n: int) -> None:
+def run_variant(variant: str, n: int, batch: int) -> None:
     import gc
 
     app, monitor = build(variant)
     gc.collect()
     gc.freeze()  # set-up objects out of the collector's way: same GC cost per request
-    asyncio.run(drive(app, n, "GET" if variant == "unwatched" else "POST"))
-    if variant == "checked" and monitor is not None:
-        monitor.process_pending()
+    method = "GET" if variant == "unwatched" else "POST"
+    asyncio.run(drive(app, n, method, monitor, batch if variant == "checked" else 0))
 
 
-def cpu_per_request(variant: str, n: int) -> float:
+def cpu_per_request(variant: str, n: int, batch: int) -> float:
     app, monitor = build(variant)
     method = "GET" if variant == "unwatched" else "POST"
-    asyncio.run(drive(app, 200, method))  # warm up
+    batch = batch if variant == "checked" else 0
+    asyncio.run(drive(app, 200, method, monitor, batch))  # warm up
     if monitor is not None:
         monitor._queue.clear()
     start = time.process_time()
-    asyncio.run(drive(app, n, method))
-    if variant == "checked" and monitor is not None:
-        monitor.process_pending()
+    asyncio.run(drive(app, n, method, monitor, batch))
     return (time.process_time() - start) / n * 1e6
 
 
-def callgrind_instructions(variant: str, n: int) -> int:
+def callgrind_instructions(variant: str, n: int, batch: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cg.out")
         cmd = [
@@ -172,6 +188,8 @@ def callgrind_instructions(variant: str, n: int) -> int:
             "--child",
             variant,
             str(n),
+            "--batch",
+            str(batch),
         ]
         env = {**os.environ, "PYTHONHASHSEED": "0"}  # same dict layouts in every run
         subprocess.run(cmd, check=True, capture_output=True, env=env)
@@ -190,26 +208,34 @@ def main() -> None:
     parser.add_argument("--callgrind", action="store_true")
     parser.add_argument("-n", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=90, help="samples per worker batch")
+    parser.add_argument("--variants", help=f"comma-separated subset of {', '.join(VARIANTS)}")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        run_variant(args.child[0], int(args.child[1]))
+        run_variant(args.child[0], int(args.child[1]), args.batch)
         return
+    variants = args.variants.split(",") if args.variants else list(VARIANTS)
+    if set(variants) - set(VARIANTS):
+        sys.exit(f"unknown variants: {', '.join(sorted(set(variants) - set(VARIANTS)))}")
+    if "bare" not in variants:
+        variants.insert(0, "bare")
     if args.callgrind:
         n = args.n or 500
         print(f"instructions per request, (Ir(3N) - Ir(N)) / 2N with N={n}, {FEATURES} features")
         base = None
-        for variant in VARIANTS:
-            high, low = callgrind_instructions(variant, 3 * n), callgrind_instructions(variant, n)
+        for variant in variants:
+            high = callgrind_instructions(variant, 3 * n, args.batch)
+            low = callgrind_instructions(variant, n, args.batch)
             per = (high - low) / (2 * n)
             base = base or per
             print(f"{variant:<10} {per:>12,.0f} Ir/request   {per - base:>+10,.0f} vs bare")
         return
     n = args.n or 5000
-    results: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    results: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(args.rounds):
-        for variant in VARIANTS:
-            results[variant].append(cpu_per_request(variant, n))
+        for variant in variants:
+            results[variant].append(cpu_per_request(variant, n, args.batch))
     print(
         f"CPU µs per request, {n} requests, {FEATURES} features, median of {args.rounds} "
         "interleaved rounds"

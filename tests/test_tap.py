@@ -306,7 +306,12 @@ def test_with_two_uvicorn_workers_the_sidecar_counts_every_request_once(
         # Leaving the block stops the workers: they report their last counts as they stop.
         with uvicorn_workers("tests.apps.tapped:build", env) as url:
             with httpx.Client(base_url=url) as client:
-                assert eventually(lambda: _up(client), 30), "uvicorn --workers 2 did not start"
+                # Both workers up before the count starts: a worker still importing
+                # would leave every request to the other.
+                assert eventually(lambda: _pids(client, pids) == 2, 60), (
+                    f"uvicorn --workers 2: {len(pids)} worker(s) answered"
+                )
+                pids.clear()
                 for i in range(n):
                     # A new connection each time, so both workers get requests.
                     body = orjson.dumps({"x": float(i % 100)})
@@ -323,8 +328,12 @@ def test_with_two_uvicorn_workers_the_sidecar_counts_every_request_once(
     assert value(sidecar, "skew_feature_values_total", model="default", feature="x") == n
 
 
-def _up(client: httpx.Client) -> bool:
+def _pids(client: httpx.Client, pids: set[str]) -> int:
+    """Adds the pid of the worker that answers a new connection; the number seen."""
     try:
-        return client.get("/pid").status_code == 200
+        response = client.get("/pid", headers={"connection": "close"})
     except httpx.TransportError:
-        return False
+        return len(pids)
+    if response.status_code == 200:
+        pids.add(response.text.strip())
+    return len(pids)
