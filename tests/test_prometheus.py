@@ -23,9 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -49,8 +47,14 @@ from sidecar.diagnosis import KINDS
 from sidecar.measures import js_distance, psi
 from sidecar.models import Routes
 from sidecar.serve import Sidecar
-from tests.prometheus import Prometheus, binary, run_prometheus
-from tests.servers import eventually, free_port, serve
+from tests.prometheus import (
+    Prometheus,
+    alertmanager_binary,
+    binary,
+    run_alertmanager,
+    run_prometheus,
+)
+from tests.servers import eventually, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus"
@@ -681,23 +685,6 @@ def test_the_grafana_diagnosis_is_the_first_kind_named_in_the_engines_order(
 
 # -- Alertmanager: the example config ------------------------------------------------------
 
-ALERTMANAGER_HINT = (
-    "apt-get install --no-install-recommends prometheus-alertmanager (Debian); "
-    "CI needs it in .ci/run"
-)
-
-
-def alertmanager_binary(*names: str) -> str:
-    """The first of `names` on PATH; skips, or fails under CI (the CI variable set)."""
-    for name in names:
-        path = shutil.which(name)
-        if path is not None:
-            return path
-    message = f"{' or '.join(names)} is not installed: {ALERTMANAGER_HINT}"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}; CI must run the Alertmanager tests, not skip them")
-    pytest.skip(message)
-
 
 def test_a_missing_alertmanager_fails_under_ci_and_skips_elsewhere(
     monkeypatch: pytest.MonkeyPatch,
@@ -721,49 +708,6 @@ def test_amtool_accepts_the_example_alertmanager_config() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
     assert "2 inhibit rules" in result.stdout
-
-
-@contextlib.contextmanager
-def run_alertmanager(workdir: Path, config: Path) -> Iterator[httpx.Client]:
-    """Alertmanager on 127.0.0.1 with `config`, no cluster; an API client once ready."""
-    # Debian names the binary prometheus-alertmanager; upstream's is alertmanager.
-    executable = alertmanager_binary("alertmanager", "prometheus-alertmanager")
-    port = free_port()
-    log = workdir / "alertmanager.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [
-                executable,
-                f"--config.file={config}",
-                f"--storage.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--cluster.listen-address=",  # no gossip port: a single instance
-                "--log.level=warn",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0)
-
-    def ready() -> bool:
-        try:
-            return client.get("/-/ready").status_code == 200
-        except httpx.HTTPError:
-            return process.poll() is not None  # exited: stop waiting, fail below
-
-    try:
-        assert eventually(ready, 30), "alertmanager not ready within 30 s"
-        assert process.poll() is None, log.read_text(errors="replace")
-        yield client
-    finally:
-        client.close()
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def alert(name: str, severity: str, **labels: str) -> dict[str, dict[str, str]]:
