@@ -1,8 +1,9 @@
-"""A real Prometheus for tests: the `prometheus` binary on loopback, scraping given targets.
+"""A real Prometheus and Alertmanager for tests: the binaries on loopback.
 
-Tests that need it call `binary("prometheus")` (or "promtool"): it skips them with the
-reason when the binary is missing, except under CI (the CI variable set), where a
-missing binary fails them: CI installs it (.ci/run) and must not skip silently.
+Tests that need them call `binary("prometheus")` (or "promtool") and
+`alertmanager_binary(...)`: they skip with the reason when the binary is missing, except
+under CI (the CI variable set), where a missing binary fails them: CI installs it
+(.ci/run) and must not skip silently.
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import free_port
+from tests.servers import eventually, free_port
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 INSTALL_HINT = "apt-get install --no-install-recommends prometheus (Debian), as .ci/run does"
+ALERTMANAGER_HINT = (
+    "apt-get install --no-install-recommends prometheus-alertmanager (Debian); "
+    "CI needs it in .ci/run"
+)
 
 Sample = dict[str, Any]  # one element of an instant vector: {"metric": {...}, "value": [t, "v"]}
 
@@ -39,6 +44,18 @@ def binary(name: str) -> str:
             pytest.fail(f"{message}; CI must run the Prometheus tests, not skip them")
         pytest.skip(message)
     return path
+
+
+def alertmanager_binary(*names: str) -> str:
+    """The first of `names` on PATH; skips, or fails under CI (the CI variable set)."""
+    for name in names:
+        path = shutil.which(name)
+        if path is not None:
+            return path
+    message = f"{' or '.join(names)} is not installed: {ALERTMANAGER_HINT}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; CI must run the Alertmanager tests, not skip them")
+    pytest.skip(message)
 
 
 class Prometheus:
@@ -104,12 +121,14 @@ def write_config(
     targets: Mapping[str, Sequence[str]],
     rule_files: Sequence[Path],
     interval: str,
+    alertmanagers: Sequence[str] = (),
 ) -> None:
-    """prometheus.yml: one scrape job per entry of `targets` (job name -> host:port list).
+    """prometheus.yml: one scrape job per entry of `targets` (job name -> host:port list),
+    alerts sent to the Alertmanagers at `alertmanagers` (host:port).
 
     JSON is valid YAML, so no YAML writer is needed.
     """
-    config = {
+    config: dict[str, Any] = {
         "global": {
             "scrape_interval": interval,
             "scrape_timeout": interval,
@@ -121,6 +140,8 @@ def write_config(
             for job, hosts in targets.items()
         ],
     }
+    if alertmanagers:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": alertmanagers}]}]}
     path.write_text(json.dumps(config, indent=2))
 
 
@@ -130,15 +151,17 @@ def run_prometheus(
     targets: Mapping[str, Sequence[str]],
     rule_files: Sequence[Path] = (),
     interval: str = "1s",
+    alertmanagers: Sequence[str] = (),
 ) -> Iterator[Prometheus]:
     """Start Prometheus on 127.0.0.1 with its storage in `workdir`; yield it once ready.
 
-    Scrapes and rule evaluations run every `interval`. Leaving the block stops it
-    (SIGTERM, then SIGKILL after STOP_TIMEOUT seconds).
+    Scrapes and rule evaluations run every `interval`; alerts go to `alertmanagers`
+    (host:port). Leaving the block stops it (SIGTERM, then SIGKILL after STOP_TIMEOUT
+    seconds).
     """
     executable = binary("prometheus")
     config = workdir / "prometheus.yml"
-    write_config(config, targets, rule_files, interval)
+    write_config(config, targets, rule_files, interval, list(alertmanagers))
     log = workdir / "prometheus.log"
     port = free_port()
     with open(log, "wb") as out:
@@ -184,3 +207,52 @@ def _ready(prometheus: Prometheus) -> bool:
         return prometheus.client.get("/-/ready", timeout=1.0).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@contextmanager
+def run_alertmanager(workdir: Path, config: Path) -> Iterator[httpx.Client]:
+    """Alertmanager on 127.0.0.1 with `config` and its storage in `workdir`, no cluster;
+    an API client (its base_url is Alertmanager's) once ready."""
+    # Debian names the binary prometheus-alertmanager; upstream's is alertmanager.
+    executable = alertmanager_binary("alertmanager", "prometheus-alertmanager")
+    port = free_port()
+    log = workdir / "alertmanager.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [
+                executable,
+                f"--config.file={config}",
+                f"--storage.path={workdir / 'alertmanager'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=",  # no gossip port: a single instance
+                "--log.level=warn",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0)
+
+    def ready() -> bool:
+        try:
+            return client.get("/-/ready").status_code == 200
+        except httpx.HTTPError:
+            return process.poll() is not None  # exited: stop waiting, fail below
+
+    try:
+        if not eventually(ready, START_TIMEOUT):
+            raise RuntimeError(f"alertmanager not ready within {START_TIMEOUT} s")
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"alertmanager exited with status {process.returncode}\n"
+                + log.read_text(errors="replace")
+            )
+        yield client
+    finally:
+        client.close()
+        process.terminate()
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -23,9 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -45,11 +43,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from sidecar import Baseline, SkewMiddleware, metrics_app
+from sidecar.diagnosis import KINDS
 from sidecar.measures import js_distance, psi
 from sidecar.models import Routes
 from sidecar.serve import Sidecar
-from tests.prometheus import Prometheus, binary, run_prometheus
-from tests.servers import eventually, free_port, serve
+from tests.prometheus import (
+    Prometheus,
+    alertmanager_binary,
+    binary,
+    run_alertmanager,
+    run_prometheus,
+)
+from tests.servers import eventually, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus"
@@ -574,24 +579,111 @@ def test_every_alert_fires_on_the_traffic_built_for_it_and_no_other(stack: Stack
     assert out_of_range["runbook_url"] == "docs/runbook.md#skewfeatureoutofrange"
 
 
+def diagnosis_sentences() -> dict[str, str]:
+    """kind -> its sentence in the feature alerts' diagnosis annotation."""
+    rules = [r for g in yaml.safe_load(ALERTING.read_text())["groups"] for r in g["rules"]]
+    (template,) = {r["annotations"]["diagnosis"] for r in rules if "diagnosis" in r["annotations"]}
+    return dict(re.findall(r'kind "(\w+)" \}\}(.*?)\{\{ end', template))
+
+
+def test_firing_feature_alerts_name_every_kind_the_deployment_diagnosed(stack: Stack) -> None:
+    """The diagnosis annotation, rendered by Prometheus: one sentence per kind that
+    skew_feature_diagnosis names for the alert's feature, in the order of the kinds."""
+    prometheus = stack.prometheus
+    diagnosed: dict[str, list[str]] = {}
+    for s in prometheus.query('skew_feature_diagnosis{model="churn"} == 1'):
+        diagnosed.setdefault(s["metric"]["feature"], []).append(s["metric"]["kind"])
+    assert set(diagnosed) == {"x", "c"}
+    sentences = diagnosis_sentences()
+    feature_alerts = [
+        a
+        for a in prometheus.alerts()
+        if a["state"] == "firing" and a["labels"]["alertname"].startswith("SkewFeature")
+    ]
+    assert len(feature_alerts) == 9
+    for alert in feature_alerts:
+        kinds = sorted(set(diagnosed[alert["labels"]["feature"]]))
+        expected = " ".join(sentences[kind] for kind in kinds)
+        assert alert["annotations"]["diagnosis"] == expected, alert["labels"]
+
+
+# -- Grafana-managed alerting: the same queries ------------------------------------------------
+
+GRAFANA_RULES = ROOT / "deploy" / "grafana" / "alerting" / "alert_rules.yml"
+
+
+def grafana_queries() -> dict[tuple[str, str], str]:
+    """(rule title, refId) -> PromQL of every data source query of the Grafana rules."""
+    groups = yaml.safe_load(GRAFANA_RULES.read_text())["groups"]
+    return {
+        (rule["title"], node["refId"]): node["model"]["expr"]
+        for group in groups
+        for rule in group["rules"]
+        for node in rule["data"]
+        if node["datasourceUid"] != "__expr__"
+    }
+
+
+def test_every_grafana_query_returns_data_after_the_traffic(stack: Stack) -> None:
+    queries = grafana_queries()
+    assert len(queries) == 13 + 6  # every alert's query, the feature alerts' diagnosis
+    empty = [key for key, expr in queries.items() if not stack.prometheus.query(expr)]
+    assert empty == []
+
+
+def test_grafana_rules_alert_on_exactly_the_series_prometheus_alerts_on(stack: Stack) -> None:
+    """A Grafana rule alerts on every series its query returns (any value): the same
+    label sets as the alerts Prometheus fires on the same rules (`for` aside)."""
+    prometheus = stack.prometheus
+    queries = {title: expr for (title, ref), expr in grafana_queries().items() if ref == "query"}
+
+    def grafana() -> set[tuple[str, frozenset[tuple[str, str]]]]:
+        return {
+            (title, frozenset(s["metric"].items()))
+            for title, expr in queries.items()
+            for s in prometheus.query(expr)
+        }
+
+    def prometheus_alerts() -> set[tuple[str, frozenset[tuple[str, str]]]]:
+        return {
+            (
+                a["labels"]["alertname"],
+                frozenset(
+                    (k, v) for k, v in a["labels"].items() if k not in ("alertname", "severity")
+                ),
+            )
+            for a in prometheus.alerts()
+            if a["state"] == "firing"
+        }
+
+    with contextlib.suppress(AssertionError):  # alerts of the first seconds resolve first
+        prometheus.wait_for("the same alerts", lambda: grafana() == prometheus_alerts())
+    assert grafana() == prometheus_alerts()
+    assert len(grafana()) == 17
+
+
+def test_the_grafana_diagnosis_is_the_first_kind_named_in_the_engines_order(
+    stack: Stack,
+) -> None:
+    """Grafana's `diagnosis` query numbers each feature's first diagnosed kind (in
+    sidecar.diagnosis.KINDS order, from 1; 0 for none), which its annotation reads."""
+    prometheus = stack.prometheus
+    expr = grafana_queries()[("SkewFeaturePSICritical", "diagnosis")]
+    numbers = {
+        (s["metric"].get("model", ""), s["metric"].get("feature", "")): float(s["value"][1])
+        for s in prometheus.query(expr)
+    }
+    diagnosed: dict[tuple[str, str], set[str]] = {}
+    for s in prometheus.query("skew_feature_diagnosis == 1"):
+        key = (s["metric"]["model"], s["metric"]["feature"])
+        diagnosed.setdefault(key, set()).add(s["metric"]["kind"])
+    assert {model for model, _ in diagnosed} == {"churn"}
+    first = {k: KINDS.index(min(kinds, key=KINDS.index)) + 1.0 for k, kinds in diagnosed.items()}
+    assert {k: v for k, v in numbers.items() if v} == first
+    assert numbers[("", "")] == 0  # vector(0): never no data
+
+
 # -- Alertmanager: the example config ------------------------------------------------------
-
-ALERTMANAGER_HINT = (
-    "apt-get install --no-install-recommends prometheus-alertmanager (Debian); "
-    "CI needs it in .ci/run"
-)
-
-
-def alertmanager_binary(*names: str) -> str:
-    """The first of `names` on PATH; skips, or fails under CI (the CI variable set)."""
-    for name in names:
-        path = shutil.which(name)
-        if path is not None:
-            return path
-    message = f"{' or '.join(names)} is not installed: {ALERTMANAGER_HINT}"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}; CI must run the Alertmanager tests, not skip them")
-    pytest.skip(message)
 
 
 def test_a_missing_alertmanager_fails_under_ci_and_skips_elsewhere(
@@ -616,49 +708,6 @@ def test_amtool_accepts_the_example_alertmanager_config() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
     assert "2 inhibit rules" in result.stdout
-
-
-@contextlib.contextmanager
-def run_alertmanager(workdir: Path, config: Path) -> Iterator[httpx.Client]:
-    """Alertmanager on 127.0.0.1 with `config`, no cluster; an API client once ready."""
-    # Debian names the binary prometheus-alertmanager; upstream's is alertmanager.
-    executable = alertmanager_binary("alertmanager", "prometheus-alertmanager")
-    port = free_port()
-    log = workdir / "alertmanager.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [
-                executable,
-                f"--config.file={config}",
-                f"--storage.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--cluster.listen-address=",  # no gossip port: a single instance
-                "--log.level=warn",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0)
-
-    def ready() -> bool:
-        try:
-            return client.get("/-/ready").status_code == 200
-        except httpx.HTTPError:
-            return process.poll() is not None  # exited: stop waiting, fail below
-
-    try:
-        assert eventually(ready, 30), "alertmanager not ready within 30 s"
-        assert process.poll() is None, log.read_text(errors="replace")
-        yield client
-    finally:
-        client.close()
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def alert(name: str, severity: str, **labels: str) -> dict[str, dict[str, str]]:
