@@ -17,8 +17,8 @@ Drives a Starlette app in-process (no sockets) for N requests per variant:
 
 With --callgrind, each variant runs under `valgrind --tool=callgrind` at N and 3N
 requests, and the table shows (Ir(3N) - Ir(N)) / 2N: instructions per request,
-free of start-up cost and machine noise. Without it, CPU µs per request (median of
-interleaved rounds).
+free of start-up cost and machine noise (the garbage collector is off while counting).
+Without it, CPU µs per request (median of interleaved rounds).
 
     python bench/tap_overhead.py                 # CPU time, quick
     python bench/tap_overhead.py --callgrind     # instruction counts (slow)
@@ -159,9 +159,15 @@ def run_variant(variant: str, n: int, batch: int) -> None:
 
     app, monitor = build(variant)
     gc.collect()
-    gc.freeze()  # set-up objects out of the collector's way: same GC cost per request
+    # No collections while counting: the count is the path's own instructions. A full
+    # collection is one event of millions of instructions, and in the variants whose
+    # queue is never drained it scans every sample kept so far: either makes the
+    # difference between N and 3N requests jump by thousands per request.
+    gc.disable()
     method = "GET" if variant == "unwatched" else "POST"
+    os.getppid()  # callgrind starts counting here (--zero-before=getppid)
     asyncio.run(drive(app, n, method, monitor, batch if variant == "checked" else 0))
+    os.getpgrp()  # and stops here (--dump-before=getpgrp)
 
 
 def cpu_per_request(variant: str, n: int, batch: int) -> float:
@@ -182,6 +188,10 @@ def callgrind_instructions(variant: str, n: int, batch: int) -> int:
         cmd = [
             "valgrind",
             "--tool=callgrind",
+            # Only the requests are counted: imports and set-up vary by millions of
+            # instructions from run to run (more than 2N requests' differences).
+            "--zero-before=getppid",
+            "--dump-before=getpgrp",
             f"--callgrind-out-file={out}",
             sys.executable,
             __file__,
@@ -191,9 +201,11 @@ def callgrind_instructions(variant: str, n: int, batch: int) -> int:
             "--batch",
             str(batch),
         ]
-        env = {**os.environ, "PYTHONHASHSEED": "0"}  # same dict layouts in every run
+        # Same dict layouts in every run; and no OpenBLAS thread pool: its idle threads
+        # spin-wait, adding millions of instructions that depend on the schedule.
+        env = {**os.environ, "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1"}
         subprocess.run(cmd, check=True, capture_output=True, env=env)
-        with open(out) as f:
+        with open(out + ".1") as f:  # the dump taken at getpgrp
             text = f.read()
     match = re.search(r"^summary:\s+(\d+)", text, re.M) or re.search(
         r"^totals:\s+(\d+)", text, re.M
