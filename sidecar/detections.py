@@ -96,7 +96,7 @@ def format_event(event: Event, elapsed: float) -> list[str]:
 def _not_injected(role: str) -> str:
     if role == "prediction":
         return "the model's output, moved by the bugs in its inputs"
-    return "no bug injected here"
+    return "no bug injected here: a false alarm"
 
 
 def format_summary(tracker: Tracker, bugs: Sequence[Bug]) -> list[str]:
