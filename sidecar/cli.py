@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import tempfile
 import time
@@ -297,10 +298,34 @@ def build_parser() -> argparse.ArgumentParser:
     _check_parser(sub)
     _diff_parser(sub)
     _serve_parser(sub)
-    demo = sub.add_parser("demo", help="profile and check the embedded demo data set")
-    demo.add_argument("--dir", help="where to write the demo files (default: a temp dir)")
-    demo.add_argument("--rows", type=int, default=5000, help="training rows")
+    _demo_parser(sub)
     return parser
+
+
+def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .livedemo import LiveOptions
+
+    defaults = LiveOptions()
+    p = sub.add_parser(
+        "demo",
+        help="watch classic serving bugs get named, live, on a local model server",
+        description="Serve the embedded demo churn model with SkewMiddleware on localhost "
+        "(needs the [serve] extra), replay a serving stream to it over HTTP, clean at "
+        "first, then with one more classic bug every few seconds, and print each bug as "
+        "it is named; /metrics and the debug page /skew are up while it runs. Exit "
+        "status 1 if an injected bug was not named (0 on Ctrl-C). --offline: profile and "
+        "check the embedded data set in-process instead, writing the files.",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=defaults.duration,
+        help=f"seconds of replay (default: {defaults.duration:g}; at least 8)",
+    )
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--offline", action="store_true", help="no server: profile and check files")
+    p.add_argument("--dir", help="--offline: where to write the files (default: a temp dir)")
+    p.add_argument("--rows", type=int, default=defaults.training_rows, help="training rows")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -487,10 +512,35 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from . import demo
-
     if args.rows < 1:
         raise UsageError(f"--rows must be at least 1, got {args.rows}")
+    if args.offline:
+        return _offline_demo(args)
+    if not _uvicorn_installed():
+        print(
+            "note: the live demo needs uvicorn (pip install 'skew-sidecar[serve]'); "
+            "running the offline demo instead",
+            file=sys.stderr,
+        )
+        return _offline_demo(args)
+    if args.dir is not None:
+        raise UsageError("--dir is for --offline (the live demo writes no files)")
+    from .livedemo import LiveOptions, run_live
+
+    try:
+        options = LiveOptions(duration=args.duration, port=args.port, training_rows=args.rows)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return run_live(options)
+
+
+def _uvicorn_installed() -> bool:
+    return importlib.util.find_spec("uvicorn") is not None
+
+
+def _offline_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
     folder = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="skew-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     train, serving, baseline_path = (

@@ -854,7 +854,7 @@ def test_demo_runs_offline_and_flags_the_injected_skews(
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     folder = tmp_path / "demo"
-    code, out, err = run(capsys, "demo", "--dir", folder)
+    code, out, err = run(capsys, "demo", "--offline", "--dir", folder)
     assert (code, err) == (0, "")
     assert sorted(p.name for p in folder.iterdir()) == [
         "baseline.json",

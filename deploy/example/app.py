@@ -8,9 +8,7 @@ answers {"predictions": [...]}; /metrics serves the skew_* families.
 
 from __future__ import annotations
 
-import math
 import os
-from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from starlette.applications import Starlette
@@ -19,18 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from sidecar import SkewMiddleware, metrics_app
-
-
-def churn_score(row: dict[str, Any]) -> float:
-    """The score the demo's training data was labelled with (sidecar/demo.py)."""
-    try:
-        charges = float(row.get("monthly_charges", 0))
-        tenure = float(row.get("tenure_months", 0))
-    except (TypeError, ValueError):
-        return 0.5
-    logit = -1.0 + 0.02 * charges - 0.05 * tenure + (row.get("contract") == "month-to-month")
-    logit = max(-50.0, min(50.0, logit))  # cents for dollars must not overflow exp()
-    return round(1 / (1 + math.exp(-logit)), 4)
+from sidecar.demo import churn_score  # the demo model: what its training data was labelled with
 
 
 async def predict(request: Request) -> Response:
