@@ -100,6 +100,8 @@ CASES = [
     Case("ratio always null", "missing_feature", "ratio", _set("ratio", lambda v, r: None)),
     Case("amount 0 in 40%", "default_value_flood", "amount", _set("amount", lambda v, r: 0, 0.4)),
     Case("age -1 in 40%", "default_value_flood", "age", _set("age", lambda v, r: -1, 0.4)),
+    Case("ratio stuck at one value (a saturated output)", "default_value_flood", "ratio",
+         _set("ratio", lambda v, r: 0.35)),
     Case("plan 'unknown' in 50%", "default_value_flood", "plan",
          _set("plan", lambda v, r: "unknown", 0.5)),
     Case("amount from a wider population", "distribution_shift", "amount",
