@@ -396,6 +396,8 @@ class _Tap:
             # A response over the size limit is left out; the request is still checked.
             too_big = self.response_size > self.limit
             response = () if too_big else self.response
+            size = self.request_size + (0 if too_big else self.response_size)
             monitor.submit(
-                Sample(self.request, response, self.status, self.headers, self.response_headers)
+                Sample(self.request, response, self.status, self.headers, self.response_headers),
+                size,
             )

@@ -69,6 +69,7 @@ class _Counts:
 
     seen: int = 0
     sampled: int = 0
+    checked: int = 0  # samples whose rows reached the checks (written by the worker)
     dropped: dict[str, int] = field(default_factory=dict)  # written by the event loop
     rejected: dict[str, int] = field(default_factory=dict)  # written by the worker
     errors: dict[str, int] = field(default_factory=dict)
@@ -102,6 +103,11 @@ def _bump(counts: dict[str, int], key: str, n: int = 1) -> None:
     counts[key] = counts.get(key, 0) + n
 
 
+def _size(sample: Sample) -> int:
+    """Body bytes a queued sample holds."""
+    return sum(map(len, sample.request)) + sum(map(len, sample.response))
+
+
 def _summed(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
     out = dict(a)
     for key, n in b.items():
@@ -118,13 +124,18 @@ def content_encoding(headers: Headers) -> str:
 
 def parse_json(data: bytes) -> Any:
     """orjson, falling back to a parser that reads the NaN/Infinity tokens TF Serving
-    clients send (the values then count as non-finite)."""
+    clients send and numbers beyond float64 (the values then count as non-finite).
+
+    ValueError for anything that is not JSON, including nesting too deep to parse."""
     try:
         return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        if b"NaN" not in data and b"Infinity" not in data:
+    except orjson.JSONDecodeError as exc:
+        if b"NaN" not in data and b"Infinity" not in data and "number" not in str(exc):
             raise
+    try:
         return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to parse") from None
 
 
 class UnsupportedEncoding(ValueError):
@@ -144,7 +155,11 @@ def decompress(data: bytes, encoding: str, limit: int) -> bytes | None:
         out = inflater.decompress(data, limit + 1)
     except zlib.error as exc:
         raise ValueError(f"bad {encoding} body: {exc}") from None
-    return None if len(out) > limit else out
+    if len(out) > limit:
+        return None
+    if not inflater.eof:  # the app's own decoder would refuse it too
+        raise ValueError(f"truncated {encoding} body")
+    return out
 
 
 class Monitor:
@@ -160,10 +175,12 @@ class Monitor:
         *,
         model: str = "default",
         queue_size: int = 10_000,
+        max_queue_bytes: int = 64 << 20,
         window_seconds: float = 60.0,
         rule: DriftRule | None = None,
         extractor: Extractor | None = None,
         registry: CollectorRegistry | None = REGISTRY,
+        max_restarts: int = 3,
         batch_samples: int = 128,  # parsed between two offers of the GIL (~0.3 ms)
         batch_rows: int = 256,  # checked between two offers of the GIL (~0.5 ms)
         max_decompressed_bytes: int = 8 << 20,
@@ -176,12 +193,16 @@ class Monitor:
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be positive, got {queue_size}")
+        if max_queue_bytes < 1:
+            raise ValueError(f"max_queue_bytes must be positive, got {max_queue_bytes}")
         if not window_seconds > 0:
             raise ValueError(f"window_seconds must be positive, got {window_seconds}")
         self.baseline = baseline
         self.baseline_hash = baseline.baseline_hash  # hashing serialises the baseline: once
         self.model = model
         self.queue_size = queue_size
+        self.max_queue_bytes = max_queue_bytes  # body bytes queued samples may hold
+        self.max_restarts = max_restarts  # worker crashes survived before disabling
         self.window_seconds = window_seconds
         self.rule = rule or DriftRule()
         self.extractor = extractor
@@ -214,6 +235,12 @@ class Monitor:
             )
             self._id_header = evidence.request_id_header.lower().encode("latin-1")
         self._queue: deque[Sample] = deque()
+        self._limit = queue_size  # 0 once disabled: every sample is refused
+        # Body bytes queued: added by the loop, removed by the worker (one writer each).
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self.restarts = 0
+        self.disabled = False
         self._wakeup = threading.Event()
         self._lock = threading.Lock()  # guards engines, totals and reports
         self._totals = [Window(self.requests.checkers), Window(self.responses.checkers)]
@@ -243,11 +270,19 @@ class Monitor:
 
     # -- the serving side (event loop) -----------------------------------------
 
-    def submit(self, sample: Sample) -> bool:
-        """Queue a sample without blocking; a full queue drops it and counts the drop."""
-        if len(self._queue) >= self.queue_size:
-            _bump(self.counts.dropped, "queue_full")
+    def submit(self, sample: Sample, size: int = -1) -> bool:
+        """Queue a sample without blocking; a full queue (by samples, or by the body
+        bytes they hold) drops it and counts the drop. `size`: the sample's body bytes,
+        when the caller has them (else they are added up here)."""
+        if size < 0:
+            size = _size(sample)
+        if (
+            len(self._queue) >= self._limit
+            or self._bytes_in - self._bytes_out + size > self.max_queue_bytes
+        ):
+            _bump(self.counts.dropped, "monitor_disabled" if self.disabled else "queue_full")
             return False
+        self._bytes_in += size
         self._queue.append(sample)
         self.counts.sampled += 1
         # Wake the worker only for a full batch: waking it per sample costs a thread
@@ -270,12 +305,12 @@ class Monitor:
 
     def start(self) -> None:
         with self._start_lock:
-            if self.running:
+            if self.running or self.disabled:
                 return
             self._stopping = False
             self._deadline = self.clock() + self.window_seconds
             self._thread = threading.Thread(
-                target=self._run, name=f"skew-monitor-{self.model}", daemon=True
+                target=self._supervise, name=f"skew-monitor-{self.model}", daemon=True
             )
             self._thread.start()
             # Mounted sub-apps get no lifespan shutdown: flush at interpreter exit.
@@ -290,10 +325,43 @@ class Monitor:
             self._stopping = True
             self._wakeup.set()
             thread.join(timeout)
+            if not thread.is_alive() and not self.disabled:
+                self.process_pending()  # queued after the worker's last pass
             self._thread = None
             atexit.unregister(self.stop)
 
     # -- the worker thread --------------------------------------------------------
+
+    def _supervise(self) -> None:
+        """The thread: runs the loop again after a crash (an exception that escaped its
+        per-batch handler), up to `max_restarts` times, then disables the monitor."""
+        while True:
+            try:
+                self._run()
+                return
+            except BaseException:
+                self._error("worker")
+                if self._stopping:
+                    return
+                self.restarts += 1
+                if self.restarts > self.max_restarts:
+                    self._disable()
+                    return
+
+    def _disable(self) -> None:
+        """Refuse every sample from now on; what is queued is dropped, all counted."""
+        self.disabled = True
+        self._limit = 0
+        logger.error(
+            "skew monitor %s: worker crashed %d times; disabled, samples are dropped as "
+            "monitor_disabled (the app is not affected)",
+            self.model,
+            self.restarts,
+        )
+        while self._queue:
+            sample = self._queue.popleft()
+            self._bytes_out += _size(sample)
+            _bump(self.counts.rejected, "monitor_disabled")
 
     def _run(self) -> None:
         while True:
@@ -349,28 +417,46 @@ class Monitor:
         return processed
 
     def _extract(self, sample: Sample, requests: list[Any], responses: list[Any]) -> None:
-        body = self._parse(sample.request, sample.headers, count=True)
-        if body is not None:
-            try:
-                if self.extractor is not None:
-                    requests.extend(self.extractor(body))
-                else:
-                    extracted = extract_request(body, names=self.input_names)
-                    if extracted is None:
-                        _bump(self.counts.rejected, "unrecognised_payload")
-                    else:
-                        requests.extend(extracted.rows)
-            except Exception:
-                self._error("extract")
+        """The sample's rows; the sample counts once: as checked, or dropped by reason."""
+        self._bytes_out += _size(sample)
+        reason = self._request_rows(sample, requests) if sample.request else "empty_body"
         if self.checks_responses and sample.response and 200 <= sample.status < 300:
-            out = self._parse(sample.response, sample.response_headers, count=False)
-            if out is not None:
+            n = len(responses)
+            out, problem = self._parse(sample.response, sample.response_headers)
+            if not problem:
                 try:
                     extracted = extract_response(out, output_name=self.output_name)
                     if extracted is not None:
                         responses.extend(extracted.rows)
                 except Exception:
+                    del responses[n:]
                     self._error("extract")
+            if reason == "empty_body" and len(responses) > n:
+                reason = ""  # a response alone: a CloudEvent exchange without its request
+        if reason:
+            _bump(self.counts.rejected, reason)
+        else:
+            self.counts.checked += 1
+
+    def _request_rows(self, sample: Sample, requests: list[Any]) -> str:
+        """Append the request's rows; "" when there were some, else the drop reason."""
+        body, problem = self._parse(sample.request, sample.headers)
+        if problem:
+            return problem
+        n = len(requests)
+        try:
+            if self.extractor is not None:
+                requests.extend(self.extractor(body))
+            else:
+                extracted = extract_request(body, names=self.input_names)
+                if extracted is None:
+                    return "unrecognised_payload"
+                requests.extend(extracted.rows)
+        except Exception:
+            del requests[n:]  # an extractor may fail halfway through its rows
+            self._error("extract")
+            return "monitor_error"
+        return "" if len(requests) > n else "no_rows"
 
     def _extract_with_ids(
         self, n: int, requests: list[Any], responses: list[Any]
@@ -386,29 +472,23 @@ class Monitor:
             response_ids.extend(repeat(rid, len(responses) - len(response_ids)))
         return request_ids, response_ids
 
-    def _parse(self, chunks: Sequence[bytes], headers: Headers, count: bool) -> Any:
-        """Parsed JSON, or None (counted for requests when count is true)."""
-        if not chunks:
-            return None
+    def _parse(self, chunks: Sequence[bytes], headers: Headers) -> tuple[Any, str]:
+        """(parsed JSON, ""), or (None, why not): a drop reason."""
         try:
             data: bytes | None = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             encoding = content_encoding(headers)
             if encoding and data is not None:
                 data = decompress(data, encoding, self.max_decompressed_bytes)
             if data is None:
-                if count:
-                    _bump(self.counts.rejected, "too_large")
-                return None
-            return parse_json(data)
+                return None, "too_large"
+            return parse_json(data), ""
         except UnsupportedEncoding:
-            if count:
-                _bump(self.counts.rejected, "unsupported_encoding")
+            return None, "unsupported_encoding"
         except ValueError:  # orjson.JSONDecodeError and json's, bad gzip data
-            if count:
-                _bump(self.counts.rejected, "invalid_json")
+            return None, "invalid_json"
         except Exception:
             self._error("parse")
-        return None
+            return None, "monitor_error"
 
     def _check(
         self,
@@ -518,6 +598,7 @@ class Monitor:
             window_end=self._window_end_unix,
             seen=seen,
             sampled=c.sampled,
+            checked=c.checked,
             dropped=dropped,
             errors=dict(c.errors),
             queue_depth=len(self._queue),
