@@ -341,9 +341,7 @@ class Monitor:
                 return
             except BaseException:
                 self._error("worker")
-                if self._stopping:
-                    return
-                self.restarts += 1
+                self.restarts += 1  # stopping too: the loop still has a window to close
                 if self.restarts > self.max_restarts:
                     self._disable()
                     return
@@ -396,11 +394,15 @@ class Monitor:
         between the two and after each chunk, so the event loop never waits long.
         """
         processed = 0
-        while self._queue:
+        # Only what is queued now: under a steady stream the loop would never end, and
+        # neither would a stop() (nor would a due window close).
+        remaining = len(self._queue)
+        while remaining > 0:
             started = time.perf_counter()
             requests: list[Any] = []
             responses: list[Any] = []
-            n = min(len(self._queue), self.batch_samples)
+            n = min(remaining, self.batch_samples)
+            remaining -= n
             if self._recorders is None:
                 for _ in range(n):
                     self._extract(self._queue.popleft(), requests, responses)
