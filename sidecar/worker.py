@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import atexit
 import bisect
+import dataclasses
 import json
 import logging
+import os
 import threading
 import time
 import zlib
@@ -29,6 +31,7 @@ from .evidence import EvidenceLog, EvidenceOptions, Recorder, Redactor, request_
 from .extract import extract_request, extract_response
 from .metrics import BATCH_BUCKETS, MonitorSnapshot, collector_for
 from .multiprocess import Mirror
+from .reload import BaselineFile, carry, unchanged
 from .report import DriftRule, WindowReport, build_report
 from .sampling import Sampler
 
@@ -197,8 +200,6 @@ class Monitor:
             raise ValueError(f"max_queue_bytes must be positive, got {max_queue_bytes}")
         if not window_seconds > 0:
             raise ValueError(f"window_seconds must be positive, got {window_seconds}")
-        self.baseline = baseline
-        self.baseline_hash = baseline.baseline_hash  # hashing serialises the baseline: once
         self.model = model
         self.queue_size = queue_size
         self.max_queue_bytes = max_queue_bytes  # body bytes queued samples may hold
@@ -214,26 +215,19 @@ class Monitor:
         self.export_bins = export_bins
         self.clock = clock
         self.counts = _Counts()
-        self.requests = Engine(baseline, roles=("input",))
-        self.responses = Engine(baseline, roles=("prediction",))
-        self.checks_responses = bool(self.responses.checkers)
-        # Unnamed outputs (a bare list of scores) take the one prediction column's name.
-        outputs = list(self.responses.checkers)
-        self.output_name = outputs[0] if len(outputs) == 1 else "prediction"
-        # Positional payloads (lists without names) take the baseline's input order.
-        self.input_names = list(self.requests.checkers)
         # Evidence (opt-in): recent offending values, found here in the worker.
         self.evidence: EvidenceLog | None = None
+        self._evidence_options = evidence
         self._recorders: tuple[Recorder, Recorder] | None = None
         self._id_header = b""
         if evidence is not None:
             self.evidence = EvidenceLog(evidence.per_feature, evidence.max_total)
-            redactor = Redactor(evidence, baseline.features)
-            self._recorders = (
-                Recorder(self.requests, baseline, self.evidence, redactor),
-                Recorder(self.responses, baseline, self.evidence, redactor),
-            )
             self._id_header = evidence.request_id_header.lower().encode("latin-1")
+        self._use(baseline)
+        # Hot reload: a baseline waiting for the current window to close, and the file
+        # the worker watches for one (watch_baseline).
+        self._next_baseline: Baseline | None = None
+        self.baseline_file: BaselineFile | None = None
         self._queue: deque[Sample] = deque()
         self._limit = queue_size  # 0 once disabled: every sample is refused
         # Body bytes queued: added by the loop, removed by the worker (one writer each).
@@ -267,6 +261,70 @@ class Monitor:
                 self.mirror = Mirror(self)
             else:
                 collector_for(registry).add(self)
+
+    def _use(self, baseline: Baseline) -> None:
+        """Check against `baseline` from now on (at construction, or between windows)."""
+        self.baseline = baseline
+        self.baseline_hash = baseline.baseline_hash  # hashing serialises the baseline: once
+        self.requests = Engine(baseline, roles=("input",))
+        self.responses = Engine(baseline, roles=("prediction",))
+        self.checks_responses = bool(self.responses.checkers)
+        # Unnamed outputs (a bare list of scores) take the one prediction column's name.
+        outputs = list(self.responses.checkers)
+        self.output_name = outputs[0] if len(outputs) == 1 else "prediction"
+        # Positional payloads (lists without names) take the baseline's input order.
+        self.input_names = list(self.requests.checkers)
+        options = self._evidence_options
+        if options is not None and self.evidence is not None:
+            if self._recorders is not None:  # the same digests across baselines
+                options = dataclasses.replace(options, key=self._recorders[0].redactor.key)
+            redactor = Redactor(options, baseline.features)
+            self._recorders = (
+                Recorder(self.requests, baseline, self.evidence, redactor),
+                Recorder(self.responses, baseline, self.evidence, redactor),
+            )
+
+    # -- hot reload ---------------------------------------------------------------------
+
+    def watch_baseline(self, path: str | os.PathLike[str], interval: float = 5.0) -> None:
+        """Load the baseline again from `path` when the file changes (checked every
+        `interval` seconds by the worker) or `reload()` is called."""
+        self.baseline_file = BaselineFile(path, self.model, self.baseline, interval=interval)
+
+    def reload(self) -> None:
+        """Look at the watched file now (SIGHUP); the worker loads it, off the loop."""
+        if self.baseline_file is not None:
+            self.baseline_file.forced = True
+            self._wakeup.set()
+
+    def replace_baseline(self, baseline: Baseline) -> None:
+        """Check against `baseline` from the next window on; the current one closes at
+        its time (or at once if it would be extended) against the baseline it began with.
+        Running totals carry over: no counter goes down."""
+        logger.info(
+            "skew monitor %s: baseline %s replaces %s when the current window closes",
+            self.model,
+            baseline.baseline_hash,
+            self.baseline_hash,
+        )
+        self._next_baseline = baseline
+        self._wakeup.set()
+
+    def _swap(self, baseline: Baseline) -> None:
+        """Under the lock, between two windows: the new baseline's engines and totals."""
+        same = unchanged(self.baseline, baseline)
+        totals = self._totals
+        self._use(baseline)
+        self._totals = [
+            carry(totals[0], Window(self.requests.checkers), same),
+            carry(totals[1], Window(self.responses.checkers), same),
+        ]
+        self._checked += 1
+        if self.baseline_file is not None:
+            self.baseline_file.hash = baseline.baseline_hash
+        logger.info(
+            "skew monitor %s: now checking against baseline %s", self.model, self.baseline_hash
+        )
 
     # -- the serving side (event loop) -----------------------------------------
 
@@ -371,7 +429,11 @@ class Monitor:
                     if self.mirror is not None:
                         self.mirror.sync(force=True)
                     return
-                if self.clock() >= self._deadline:
+                if self.baseline_file is not None:
+                    new = self.baseline_file.poll()
+                    if new is not None:
+                        self.replace_baseline(new)
+                if self.clock() >= self._deadline or self._next_baseline is not None:
                     self.close_window(final=False)
                 if self.mirror is not None:
                     self.mirror.sync()
@@ -522,8 +584,11 @@ class Monitor:
         """
         try:
             with self._lock:
-                if not final and self.requests.window.rows < self.rule.min_rows:
+                waiting = self._next_baseline
+                if not final and waiting is None and self.requests.window.rows < self.rule.min_rows:
                     return  # extended: due again at the next wake-up, not a full window later
+                if waiting is not None and self.clock() < self._deadline and not final:
+                    return  # a new baseline waits for the window's end
                 windows = [self.requests.close_window(), self.responses.close_window()]
                 for total, window in zip(self._totals, windows, strict=True):
                     total.add(window)
@@ -540,6 +605,9 @@ class Monitor:
                             if r.diagnosis:
                                 kinds = self._diagnosed.setdefault(r.name, set())
                                 kinds.update(d.kind for d in r.diagnosis)
+                if waiting is not None:
+                    self._next_baseline = None
+                    self._swap(waiting)
         except Exception:
             self._error("report")
         self._deadline = self.clock() + self.window_seconds
