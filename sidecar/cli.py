@@ -282,6 +282,25 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             "ps); empty: random per process",
         ),
         ("request-id-header", str, "header whose value identifies a request in evidence"),
+        (
+            "baseline-poll-seconds",
+            float,
+            "look for a new version of each baseline file this often (0: only on SIGHUP "
+            "and POST /admin/reload); a new baseline applies from the next window",
+        ),
+        (
+            "admin-port",
+            int,
+            "serve /metrics, /skew and /admin/reload on this port only (0: on --port)",
+        ),
+        ("admin-host", str, "address of the admin port"),
+        (
+            "admin-token",
+            str,
+            f"require Authorization: Bearer TOKEN on /metrics, /skew and /admin/reload; "
+            f"prefer {ENV_PREFIX}ADMIN_TOKEN (flags show in ps)",
+        ),
+        ("max-connections", int, "concurrent connections and requests; beyond, 503"),
     ]
     for flag, kind, text in options:
         default = getattr(defaults, flag.replace("-", "_"))

@@ -72,6 +72,9 @@ DROP_REASONS = (
     "sink_busy",  # datagram tap: the sidecar is behind (socket buffer full)
     "sink_unavailable",  # datagram tap: no sidecar listening
     "lost_in_transit",  # datagram tap: sent, never received (counted by the sidecar)
+    "no_rows",  # a known format with no rows: an empty batch, or items that are not rows
+    "monitor_error",  # the monitor failed on this sample (skew_monitor_errors_total)
+    "monitor_disabled",  # the worker crashed more than max_restarts times
 )
 ERROR_STAGES = ("parse", "extract", "check", "report", "worker")
 # Per-feature counters: family name, help, and the FeatureReport field it reads.
@@ -101,6 +104,7 @@ class MonitorSnapshot:
     window_end: float  # unix time of the last closed window, 0 before the first
     seen: int = 0
     sampled: int = 0
+    checked: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     queue_depth: int = 0
@@ -149,6 +153,10 @@ BASELINE_INFO: Family = _gauge(
 REQUESTS_SEEN = _counter("skew_requests_seen", "Requests on watched methods and paths.")
 REQUESTS_SAMPLED = _counter(
     "skew_requests_sampled", "Requests whose bodies were queued for checking."
+)
+SAMPLES_CHECKED = _counter(
+    "skew_samples_checked",
+    "Sampled requests whose rows were checked; the others are dropped, by reason.",
 )
 SAMPLES_DROPPED = _counter(
     "skew_samples_dropped", "Watched requests not checked, by reason.", "reason"
@@ -214,6 +222,7 @@ FAMILIES: tuple[Family, ...] = (
     BASELINE_INFO,
     REQUESTS_SEEN,
     REQUESTS_SAMPLED,
+    SAMPLES_CHECKED,
     SAMPLES_DROPPED,
     MONITOR_ERRORS,
     ROWS_CHECKED,
@@ -260,6 +269,7 @@ class Series:
         out[BASELINE_INFO].append(((m, snap.baseline_hash, str(snap.schema_version)), 1))
         out[REQUESTS_SEEN].append((model, snap.seen))
         out[REQUESTS_SAMPLED].append((model, snap.sampled))
+        out[SAMPLES_CHECKED].append((model, snap.checked))
         dropped = out[SAMPLES_DROPPED]
         for reason in DROP_REASONS:
             dropped.append(((m, reason), snap.dropped.get(reason, 0)))

@@ -17,6 +17,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .admin import protected
 from .baseline import Baseline, BaselineError
 from .debug import debug_app
 from .evidence import EvidenceOptions
@@ -80,10 +81,16 @@ class SkewMiddleware:
     (None still turns the export off): serve `metrics_app()` or
     `multiprocess_registry()`, which add up every worker's.
 
+    `baseline_poll_seconds=5` watches baseline files: a new version is loaded by the
+    worker and applies from the next window (running totals carry over); one that does
+    not load is refused with a log line and the old baseline stays. `reload_baselines()`
+    looks at once.
+
     `evidence=EvidenceOptions(...)` keeps recent offending values per feature (found in
     the worker, redacted as configured); `debug_path="/skew"` serves the debug page there
     and its JSON at `/skew.json` (GET; those paths are never sampled). Both are off by
-    default: the page shows request data, so serve it where only operators reach it.
+    default: the page shows request data, so serve it where only operators reach it, or
+    give `debug_token=` (requests then need `Authorization: Bearer <token>`).
     """
 
     def __init__(
@@ -108,6 +115,8 @@ class SkewMiddleware:
         export_bins: bool = True,
         evidence: EvidenceOptions | None = None,
         debug_path: str | None = None,
+        baseline_poll_seconds: float | None = None,
+        debug_token: str | None = None,
     ) -> None:
         Sampler(sample_rate, max_samples_per_second)  # validates both, before any loading
         if max_body_bytes < 1:
@@ -145,7 +154,7 @@ class SkewMiddleware:
             # Several worker processes: counts add up through prometheus_client's files.
             multiprocess = registry is not None and multiprocess_dir() is not None
             for name, source in named.items():
-                monitors[name] = Monitor(
+                monitors[name] = made = Monitor(
                     _load(source, name),
                     model=name,
                     queue_size=queue_size,
@@ -157,6 +166,8 @@ class SkewMiddleware:
                     multiprocess=multiprocess,
                     evidence=evidence,
                 )
+                if baseline_poll_seconds is not None and not isinstance(source, Baseline):
+                    made.watch_baseline(source, baseline_poll_seconds)
         self.targets = {
             name: _Target(m, Sampler(sample_rate, max_samples_per_second), sample_responses)
             for name, m in monitors.items()
@@ -183,7 +194,7 @@ class SkewMiddleware:
             self.debug_paths = frozenset({debug_path, debug_path + ".json"})
             exclude_paths = frozenset(exclude_paths) | self.debug_paths
             checked = [m for m in monitors.values() if isinstance(m, Monitor)]
-            self.debug_app = debug_app(lambda: checked)
+            self.debug_app = protected(debug_app(lambda: checked), debug_token)
         self.exclude_paths = frozenset(exclude_paths)
         self.max_body_bytes = max_body_bytes
         self._routed: dict[str, _Target | None] = {}  # path -> target, for the first paths
@@ -220,6 +231,13 @@ class SkewMiddleware:
             await self._lifespan(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    def reload_baselines(self) -> None:
+        """Look at the baseline files now (with baseline_poll_seconds); each monitor's
+        worker loads its file and the new baseline applies from the next window."""
+        for target in self.targets.values():
+            if isinstance(target.monitor, Monitor):
+                target.monitor.reload()
 
     def _route(self, path: str) -> _Target | None:
         """The target of requests to `path` (None: not watched); remembered for the first
@@ -396,6 +414,8 @@ class _Tap:
             # A response over the size limit is left out; the request is still checked.
             too_big = self.response_size > self.limit
             response = () if too_big else self.response
+            size = self.request_size + (0 if too_big else self.response_size)
             monitor.submit(
-                Sample(self.request, response, self.status, self.headers, self.response_headers)
+                Sample(self.request, response, self.status, self.headers, self.response_headers),
+                size,
             )

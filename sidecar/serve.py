@@ -20,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
+import signal
 import socket
 import time
 import zlib
@@ -35,6 +37,7 @@ from prometheus_client.registry import Collector
 from starlette.config import Config
 from starlette.types import Receive, Scope, Send
 
+from .admin import protected, reload_app
 from .baseline import Baseline, BaselineError
 from .cloudevents import (
     OUTCOMES,
@@ -59,7 +62,10 @@ from .worker import Monitor, Sample, _bump
 logger = logging.getLogger("sidecar.serve")
 
 ENV_PREFIX = "SKEW_SIDECAR_"
-RESERVED_PATHS = frozenset({"/metrics", "/healthz", "/readyz", "/skew", "/skew.json"})
+# What operators call: served on --admin-port when given, behind --admin-token when set.
+OPERATOR_PATHS = frozenset({"/metrics", "/skew", "/skew.json", "/admin/reload"})
+HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
+RESERVED_PATHS = OPERATOR_PATHS | HEALTH_PATHS
 # What happened to each CloudEvent (skew_sidecar_cloudevents_total{result}).
 EVENT_RESULTS = ("accepted", "duplicate", "ignored", "invalid")
 # What happened to each datagram from a tap (skew_sidecar_tap_datagrams_total{result}).
@@ -96,6 +102,11 @@ class ServeSettings:
     hash_fields: tuple[str, ...] = ()
     redaction_key: str = field(default="", repr=False)  # empty: a random key per process
     request_id_header: str = "x-request-id"
+    baseline_poll_seconds: float = 0.0  # 0: baselines reload only on SIGHUP or the admin call
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 0  # 0: /metrics, /skew and /admin/reload are served on --port
+    admin_token: str = field(default="", repr=False)  # empty: no token asked for
+    max_connections: int = 1000  # beyond, uvicorn answers 503
 
     def __post_init__(self) -> None:
         def bad(name: str, rule: str) -> ValueError:
@@ -122,6 +133,7 @@ class ServeSettings:
             "max_pending",
             "max_pending_bytes",
             "evidence_total",
+            "max_connections",
         ):
             if getattr(self, name) < 1:
                 raise bad(name, "must be at least 1")
@@ -134,6 +146,14 @@ class ServeSettings:
             )
         if not 0 <= self.port <= 65535:
             raise bad("port", "must be between 0 and 65535")
+        if not 0 <= self.admin_port <= 65535 or (self.admin_port and self.admin_port == self.port):
+            raise bad("admin_port", "must be 0 (off) or a port other than --port")
+        if self.baseline_poll_seconds < 0:
+            raise bad("baseline_poll_seconds", "must be 0 (off) or more")
+        if self.admin_token and (not self.admin_token.isprintable() or " " in self.admin_token):
+            raise ValueError(
+                f"--admin-token ({ENV_PREFIX}ADMIN_TOKEN) must be printable without spaces"
+            )
         if self.log_level.lower() not in ("critical", "error", "warning", "info", "debug"):
             raise bad("log_level", "must be one of critical, error, warning, info, debug")
 
@@ -170,6 +190,12 @@ class ServeSettings:
             key=self.redaction_key.encode() or None,
             request_id_header=self.request_id_header,
         )
+
+
+def baseline_paths(specs: Sequence[str]) -> dict[str, str]:
+    """Each model's baseline file, from `PATH` / `NAME=PATH` specs."""
+    parsed = [parse_baseline_spec(spec) for spec in specs]
+    return {name if name is not None else DEFAULT_MODEL: path for name, path in parsed}
 
 
 def load_baselines(specs: Sequence[str]) -> tuple[dict[str, Baseline], Routes]:
@@ -296,6 +322,10 @@ class Sidecar:
         evidence: EvidenceOptions | None = None,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
+        baseline_files: Mapping[str, str] | None = None,
+        baseline_poll_seconds: float = 0.0,
+        admin_port: int | None = None,
+        admin_token: str | None = None,
     ) -> None:
         if not baselines:
             raise ValueError("Sidecar needs at least one baseline")
@@ -352,6 +382,23 @@ class Sidecar:
         self.ledger = TapLedger()
         self._tap_transports: list[asyncio.DatagramTransport] = []
         self.registry.register(_SidecarCollector(self))
+        # Hot reload: each model's file, looked at every baseline_poll_seconds (0: only
+        # on SIGHUP and POST /admin/reload).
+        for name, path in (baseline_files or {}).items():
+            interval = baseline_poll_seconds if baseline_poll_seconds > 0 else math.inf
+            self.monitors[name].watch_baseline(path, interval)
+        self.admin_port = admin_port or None
+        self._operator = {
+            "/metrics": protected(self._metrics, admin_token),
+            "/skew": protected(self._debug, admin_token),
+            "/skew.json": protected(self._debug, admin_token),
+            "/admin/reload": protected(reload_app(self.monitors), admin_token),
+        }
+
+    def reload(self) -> None:
+        """Look at every baseline file now (SIGHUP): the monitors' workers load them."""
+        for monitor in self.monitors.values():
+            monitor.reload()
 
     # -- ASGI ---------------------------------------------------------------------------
 
@@ -362,12 +409,14 @@ class Sidecar:
         if scope["type"] != "http":
             return  # no websockets
         path = scope["path"]
+        admin = self.admin_port is not None and _local_port(scope) == self.admin_port
         if path in RESERVED_PATHS or path.rstrip("/") in RESERVED_PATHS:
             path = path.rstrip("/")
-            if path == "/metrics":
-                await self._metrics(scope, receive, send)
-            elif path.startswith("/skew"):
-                await self._debug(scope, receive, send)
+            if path in OPERATOR_PATHS:
+                if self.admin_port is not None and not admin:
+                    await _reply(send, 404, f"served on the admin port ({self.admin_port})")
+                else:
+                    await self._operator[path](scope, receive, send)
             elif path == "/healthz":
                 problem = self.health_problem()
                 await _reply(send, 503 if problem else 200, problem or "ok")
@@ -375,6 +424,9 @@ class Sidecar:
                 await _reply(
                     send, 200 if self.ready else 503, "ready" if self.ready else "not ready"
                 )
+            return
+        if admin:
+            await _reply(send, 404, "the admin port serves /metrics, /skew, /admin/reload")
             return
         if self.proxy is not None:
             await self._proxied(self.proxy, scope, receive, send)
@@ -714,6 +766,11 @@ class _TapProtocol(asyncio.DatagramProtocol):
             self.sidecar._log_once("tap_error", "tap datagram handling failed", exc=True)
 
 
+def _local_port(scope: Scope) -> int | None:
+    server = scope.get("server")
+    return server[1] if server else None
+
+
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str:
     for key, value in headers:
         if key == name:  # ASGI servers lowercase header names
@@ -761,6 +818,10 @@ def build(settings: ServeSettings) -> Sidecar:
         upstream=settings.upstream or None,
         upstream_timeout=settings.upstream_timeout,
         evidence=settings.evidence_options(),
+        baseline_files=baseline_paths(settings.baseline),
+        baseline_poll_seconds=settings.baseline_poll_seconds,
+        admin_port=settings.admin_port or None,
+        admin_token=settings.admin_token or None,
     )
 
 
@@ -785,9 +846,24 @@ def run(settings: ServeSettings) -> int:
         log_level=settings.log_level.lower(),
         access_log=False,  # a line per mirrored request would drown the rest
         timeout_graceful_shutdown=10,
+        limit_concurrency=settings.max_connections,  # beyond: 503 at once
     )
     server = uvicorn.Server(config)
+    # SIGHUP: look at every baseline file now (uvicorn leaves SIGHUP alone).
+    signal.signal(signal.SIGHUP, lambda signum, frame: app.reload())
+    sockets = None
+    if settings.admin_port:
+        sockets = [
+            _listen(settings.host, settings.port),
+            _listen(settings.admin_host, settings.admin_port),
+        ]
+        logger.info("operator endpoints on http://%s:%d", settings.admin_host, settings.admin_port)
     # On SIGTERM uvicorn shuts down gracefully, then re-raises the signal: the process
     # ends as killed by SIGTERM (status 143 in a shell), after the lifespan shutdown.
-    server.run()
+    server.run(sockets=sockets)
     return 0 if server.started else 1
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=2048)

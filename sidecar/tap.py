@@ -129,8 +129,9 @@ class DatagramSink:
             self._socket = None
             self._connected = False
 
-    def submit(self, sample: Sample) -> bool:
-        """Send one sample as one datagram; False (counted) when it could not go."""
+    def submit(self, sample: Sample, size: int = -1) -> bool:
+        """Send one sample as one datagram; False (counted) when it could not go.
+        (`size` is the Monitor's signature: a datagram holds nothing once sent.)"""
         if not self._connected and not self._connect():
             _bump(self.counts.dropped, SINK_UNAVAILABLE)
             return False

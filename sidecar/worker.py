@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import atexit
 import bisect
+import dataclasses
 import json
 import logging
+import os
 import threading
 import time
 import zlib
@@ -29,6 +31,7 @@ from .evidence import EvidenceLog, EvidenceOptions, Recorder, Redactor, request_
 from .extract import extract_request, extract_response
 from .metrics import BATCH_BUCKETS, MonitorSnapshot, collector_for
 from .multiprocess import Mirror
+from .reload import BaselineFile, carry, unchanged
 from .report import DriftRule, WindowReport, build_report
 from .sampling import Sampler
 
@@ -69,6 +72,7 @@ class _Counts:
 
     seen: int = 0
     sampled: int = 0
+    checked: int = 0  # samples whose rows reached the checks (written by the worker)
     dropped: dict[str, int] = field(default_factory=dict)  # written by the event loop
     rejected: dict[str, int] = field(default_factory=dict)  # written by the worker
     errors: dict[str, int] = field(default_factory=dict)
@@ -102,6 +106,11 @@ def _bump(counts: dict[str, int], key: str, n: int = 1) -> None:
     counts[key] = counts.get(key, 0) + n
 
 
+def _size(sample: Sample) -> int:
+    """Body bytes a queued sample holds."""
+    return sum(map(len, sample.request)) + sum(map(len, sample.response))
+
+
 def _summed(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
     out = dict(a)
     for key, n in b.items():
@@ -118,13 +127,18 @@ def content_encoding(headers: Headers) -> str:
 
 def parse_json(data: bytes) -> Any:
     """orjson, falling back to a parser that reads the NaN/Infinity tokens TF Serving
-    clients send (the values then count as non-finite)."""
+    clients send and numbers beyond float64 (the values then count as non-finite).
+
+    ValueError for anything that is not JSON, including nesting too deep to parse."""
     try:
         return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        if b"NaN" not in data and b"Infinity" not in data:
+    except orjson.JSONDecodeError as exc:
+        if b"NaN" not in data and b"Infinity" not in data and "number" not in str(exc):
             raise
+    try:
         return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to parse") from None
 
 
 class UnsupportedEncoding(ValueError):
@@ -144,7 +158,11 @@ def decompress(data: bytes, encoding: str, limit: int) -> bytes | None:
         out = inflater.decompress(data, limit + 1)
     except zlib.error as exc:
         raise ValueError(f"bad {encoding} body: {exc}") from None
-    return None if len(out) > limit else out
+    if len(out) > limit:
+        return None
+    if not inflater.eof:  # the app's own decoder would refuse it too
+        raise ValueError(f"truncated {encoding} body")
+    return out
 
 
 class Monitor:
@@ -160,10 +178,12 @@ class Monitor:
         *,
         model: str = "default",
         queue_size: int = 10_000,
+        max_queue_bytes: int = 64 << 20,
         window_seconds: float = 60.0,
         rule: DriftRule | None = None,
         extractor: Extractor | None = None,
         registry: CollectorRegistry | None = REGISTRY,
+        max_restarts: int = 3,
         batch_samples: int = 128,  # parsed between two offers of the GIL (~0.3 ms)
         batch_rows: int = 256,  # checked between two offers of the GIL (~0.5 ms)
         max_decompressed_bytes: int = 8 << 20,
@@ -176,12 +196,14 @@ class Monitor:
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be positive, got {queue_size}")
+        if max_queue_bytes < 1:
+            raise ValueError(f"max_queue_bytes must be positive, got {max_queue_bytes}")
         if not window_seconds > 0:
             raise ValueError(f"window_seconds must be positive, got {window_seconds}")
-        self.baseline = baseline
-        self.baseline_hash = baseline.baseline_hash  # hashing serialises the baseline: once
         self.model = model
         self.queue_size = queue_size
+        self.max_queue_bytes = max_queue_bytes  # body bytes queued samples may hold
+        self.max_restarts = max_restarts  # worker crashes survived before disabling
         self.window_seconds = window_seconds
         self.rule = rule or DriftRule()
         self.extractor = extractor
@@ -193,27 +215,26 @@ class Monitor:
         self.export_bins = export_bins
         self.clock = clock
         self.counts = _Counts()
-        self.requests = Engine(baseline, roles=("input",))
-        self.responses = Engine(baseline, roles=("prediction",))
-        self.checks_responses = bool(self.responses.checkers)
-        # Unnamed outputs (a bare list of scores) take the one prediction column's name.
-        outputs = list(self.responses.checkers)
-        self.output_name = outputs[0] if len(outputs) == 1 else "prediction"
-        # Positional payloads (lists without names) take the baseline's input order.
-        self.input_names = list(self.requests.checkers)
         # Evidence (opt-in): recent offending values, found here in the worker.
         self.evidence: EvidenceLog | None = None
+        self._evidence_options = evidence
         self._recorders: tuple[Recorder, Recorder] | None = None
         self._id_header = b""
         if evidence is not None:
             self.evidence = EvidenceLog(evidence.per_feature, evidence.max_total)
-            redactor = Redactor(evidence, baseline.features)
-            self._recorders = (
-                Recorder(self.requests, baseline, self.evidence, redactor),
-                Recorder(self.responses, baseline, self.evidence, redactor),
-            )
             self._id_header = evidence.request_id_header.lower().encode("latin-1")
+        self._use(baseline)
+        # Hot reload: a baseline waiting for the current window to close, and the file
+        # the worker watches for one (watch_baseline).
+        self._next_baseline: Baseline | None = None
+        self.baseline_file: BaselineFile | None = None
         self._queue: deque[Sample] = deque()
+        self._limit = queue_size  # 0 once disabled: every sample is refused
+        # Body bytes queued: added by the loop, removed by the worker (one writer each).
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self.restarts = 0
+        self.disabled = False
         self._wakeup = threading.Event()
         self._lock = threading.Lock()  # guards engines, totals and reports
         self._totals = [Window(self.requests.checkers), Window(self.responses.checkers)]
@@ -241,13 +262,85 @@ class Monitor:
             else:
                 collector_for(registry).add(self)
 
+    def _use(self, baseline: Baseline) -> None:
+        """Check against `baseline` from now on (at construction, or between windows)."""
+        self.baseline = baseline
+        self.baseline_hash = baseline.baseline_hash  # hashing serialises the baseline: once
+        self.requests = Engine(baseline, roles=("input",))
+        self.responses = Engine(baseline, roles=("prediction",))
+        self.checks_responses = bool(self.responses.checkers)
+        # Unnamed outputs (a bare list of scores) take the one prediction column's name.
+        outputs = list(self.responses.checkers)
+        self.output_name = outputs[0] if len(outputs) == 1 else "prediction"
+        # Positional payloads (lists without names) take the baseline's input order.
+        self.input_names = list(self.requests.checkers)
+        options = self._evidence_options
+        if options is not None and self.evidence is not None:
+            if self._recorders is not None:  # the same digests across baselines
+                options = dataclasses.replace(options, key=self._recorders[0].redactor.key)
+            redactor = Redactor(options, baseline.features)
+            self._recorders = (
+                Recorder(self.requests, baseline, self.evidence, redactor),
+                Recorder(self.responses, baseline, self.evidence, redactor),
+            )
+
+    # -- hot reload ---------------------------------------------------------------------
+
+    def watch_baseline(self, path: str | os.PathLike[str], interval: float = 5.0) -> None:
+        """Load the baseline again from `path` when the file changes (checked every
+        `interval` seconds by the worker) or `reload()` is called."""
+        self.baseline_file = BaselineFile(path, self.model, self.baseline, interval=interval)
+
+    def reload(self) -> None:
+        """Look at the watched file now (SIGHUP); the worker loads it, off the loop."""
+        if self.baseline_file is not None:
+            self.baseline_file.forced = True
+            self._wakeup.set()
+
+    def replace_baseline(self, baseline: Baseline) -> None:
+        """Check against `baseline` from the next window on; the current one closes at
+        its time (or at once if it would be extended) against the baseline it began with.
+        Running totals carry over: no counter goes down."""
+        logger.info(
+            "skew monitor %s: baseline %s replaces %s when the current window closes",
+            self.model,
+            baseline.baseline_hash,
+            self.baseline_hash,
+        )
+        self._next_baseline = baseline
+        self._wakeup.set()
+
+    def _swap(self, baseline: Baseline) -> None:
+        """Under the lock, between two windows: the new baseline's engines and totals."""
+        same = unchanged(self.baseline, baseline)
+        totals = self._totals
+        self._use(baseline)
+        self._totals = [
+            carry(totals[0], Window(self.requests.checkers), same),
+            carry(totals[1], Window(self.responses.checkers), same),
+        ]
+        self._checked += 1
+        if self.baseline_file is not None:
+            self.baseline_file.hash = baseline.baseline_hash
+        logger.info(
+            "skew monitor %s: now checking against baseline %s", self.model, self.baseline_hash
+        )
+
     # -- the serving side (event loop) -----------------------------------------
 
-    def submit(self, sample: Sample) -> bool:
-        """Queue a sample without blocking; a full queue drops it and counts the drop."""
-        if len(self._queue) >= self.queue_size:
-            _bump(self.counts.dropped, "queue_full")
+    def submit(self, sample: Sample, size: int = -1) -> bool:
+        """Queue a sample without blocking; a full queue (by samples, or by the body
+        bytes they hold) drops it and counts the drop. `size`: the sample's body bytes,
+        when the caller has them (else they are added up here)."""
+        if size < 0:
+            size = _size(sample)
+        if (
+            len(self._queue) >= self._limit
+            or self._bytes_in - self._bytes_out + size > self.max_queue_bytes
+        ):
+            _bump(self.counts.dropped, "monitor_disabled" if self.disabled else "queue_full")
             return False
+        self._bytes_in += size
         self._queue.append(sample)
         self.counts.sampled += 1
         # Wake the worker only for a full batch: waking it per sample costs a thread
@@ -270,12 +363,12 @@ class Monitor:
 
     def start(self) -> None:
         with self._start_lock:
-            if self.running:
+            if self.running or self.disabled:
                 return
             self._stopping = False
             self._deadline = self.clock() + self.window_seconds
             self._thread = threading.Thread(
-                target=self._run, name=f"skew-monitor-{self.model}", daemon=True
+                target=self._supervise, name=f"skew-monitor-{self.model}", daemon=True
             )
             self._thread.start()
             # Mounted sub-apps get no lifespan shutdown: flush at interpreter exit.
@@ -290,10 +383,41 @@ class Monitor:
             self._stopping = True
             self._wakeup.set()
             thread.join(timeout)
+            if not thread.is_alive() and not self.disabled:
+                self.process_pending()  # queued after the worker's last pass
             self._thread = None
             atexit.unregister(self.stop)
 
     # -- the worker thread --------------------------------------------------------
+
+    def _supervise(self) -> None:
+        """The thread: runs the loop again after a crash (an exception that escaped its
+        per-batch handler), up to `max_restarts` times, then disables the monitor."""
+        while True:
+            try:
+                self._run()
+                return
+            except BaseException:
+                self._error("worker")
+                self.restarts += 1  # stopping too: the loop still has a window to close
+                if self.restarts > self.max_restarts:
+                    self._disable()
+                    return
+
+    def _disable(self) -> None:
+        """Refuse every sample from now on; what is queued is dropped, all counted."""
+        self.disabled = True
+        self._limit = 0
+        logger.error(
+            "skew monitor %s: worker crashed %d times; disabled, samples are dropped as "
+            "monitor_disabled (the app is not affected)",
+            self.model,
+            self.restarts,
+        )
+        while self._queue:
+            sample = self._queue.popleft()
+            self._bytes_out += _size(sample)
+            _bump(self.counts.rejected, "monitor_disabled")
 
     def _run(self) -> None:
         while True:
@@ -305,7 +429,11 @@ class Monitor:
                     if self.mirror is not None:
                         self.mirror.sync(force=True)
                     return
-                if self.clock() >= self._deadline:
+                if self.baseline_file is not None:
+                    new = self.baseline_file.poll()
+                    if new is not None:
+                        self.replace_baseline(new)
+                if self.clock() >= self._deadline or self._next_baseline is not None:
                     self.close_window(final=False)
                 if self.mirror is not None:
                     self.mirror.sync()
@@ -328,11 +456,15 @@ class Monitor:
         between the two and after each chunk, so the event loop never waits long.
         """
         processed = 0
-        while self._queue:
+        # Only what is queued now: under a steady stream the loop would never end, and
+        # neither would a stop() (nor would a due window close).
+        remaining = len(self._queue)
+        while remaining > 0:
             started = time.perf_counter()
             requests: list[Any] = []
             responses: list[Any] = []
-            n = min(len(self._queue), self.batch_samples)
+            n = min(remaining, self.batch_samples)
+            remaining -= n
             if self._recorders is None:
                 for _ in range(n):
                     self._extract(self._queue.popleft(), requests, responses)
@@ -349,28 +481,46 @@ class Monitor:
         return processed
 
     def _extract(self, sample: Sample, requests: list[Any], responses: list[Any]) -> None:
-        body = self._parse(sample.request, sample.headers, count=True)
-        if body is not None:
-            try:
-                if self.extractor is not None:
-                    requests.extend(self.extractor(body))
-                else:
-                    extracted = extract_request(body, names=self.input_names)
-                    if extracted is None:
-                        _bump(self.counts.rejected, "unrecognised_payload")
-                    else:
-                        requests.extend(extracted.rows)
-            except Exception:
-                self._error("extract")
+        """The sample's rows; the sample counts once: as checked, or dropped by reason."""
+        self._bytes_out += _size(sample)
+        reason = self._request_rows(sample, requests) if sample.request else "empty_body"
         if self.checks_responses and sample.response and 200 <= sample.status < 300:
-            out = self._parse(sample.response, sample.response_headers, count=False)
-            if out is not None:
+            n = len(responses)
+            out, problem = self._parse(sample.response, sample.response_headers)
+            if not problem:
                 try:
                     extracted = extract_response(out, output_name=self.output_name)
                     if extracted is not None:
                         responses.extend(extracted.rows)
                 except Exception:
+                    del responses[n:]
                     self._error("extract")
+            if reason == "empty_body" and len(responses) > n:
+                reason = ""  # a response alone: a CloudEvent exchange without its request
+        if reason:
+            _bump(self.counts.rejected, reason)
+        else:
+            self.counts.checked += 1
+
+    def _request_rows(self, sample: Sample, requests: list[Any]) -> str:
+        """Append the request's rows; "" when there were some, else the drop reason."""
+        body, problem = self._parse(sample.request, sample.headers)
+        if problem:
+            return problem
+        n = len(requests)
+        try:
+            if self.extractor is not None:
+                requests.extend(self.extractor(body))
+            else:
+                extracted = extract_request(body, names=self.input_names)
+                if extracted is None:
+                    return "unrecognised_payload"
+                requests.extend(extracted.rows)
+        except Exception:
+            del requests[n:]  # an extractor may fail halfway through its rows
+            self._error("extract")
+            return "monitor_error"
+        return "" if len(requests) > n else "no_rows"
 
     def _extract_with_ids(
         self, n: int, requests: list[Any], responses: list[Any]
@@ -386,29 +536,23 @@ class Monitor:
             response_ids.extend(repeat(rid, len(responses) - len(response_ids)))
         return request_ids, response_ids
 
-    def _parse(self, chunks: Sequence[bytes], headers: Headers, count: bool) -> Any:
-        """Parsed JSON, or None (counted for requests when count is true)."""
-        if not chunks:
-            return None
+    def _parse(self, chunks: Sequence[bytes], headers: Headers) -> tuple[Any, str]:
+        """(parsed JSON, ""), or (None, why not): a drop reason."""
         try:
             data: bytes | None = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             encoding = content_encoding(headers)
             if encoding and data is not None:
                 data = decompress(data, encoding, self.max_decompressed_bytes)
             if data is None:
-                if count:
-                    _bump(self.counts.rejected, "too_large")
-                return None
-            return parse_json(data)
+                return None, "too_large"
+            return parse_json(data), ""
         except UnsupportedEncoding:
-            if count:
-                _bump(self.counts.rejected, "unsupported_encoding")
+            return None, "unsupported_encoding"
         except ValueError:  # orjson.JSONDecodeError and json's, bad gzip data
-            if count:
-                _bump(self.counts.rejected, "invalid_json")
+            return None, "invalid_json"
         except Exception:
             self._error("parse")
-        return None
+            return None, "monitor_error"
 
     def _check(
         self,
@@ -440,8 +584,11 @@ class Monitor:
         """
         try:
             with self._lock:
-                if not final and self.requests.window.rows < self.rule.min_rows:
+                waiting = self._next_baseline
+                if not final and waiting is None and self.requests.window.rows < self.rule.min_rows:
                     return  # extended: due again at the next wake-up, not a full window later
+                if waiting is not None and self.clock() < self._deadline and not final:
+                    return  # a new baseline waits for the window's end
                 windows = [self.requests.close_window(), self.responses.close_window()]
                 for total, window in zip(self._totals, windows, strict=True):
                     total.add(window)
@@ -458,6 +605,9 @@ class Monitor:
                             if r.diagnosis:
                                 kinds = self._diagnosed.setdefault(r.name, set())
                                 kinds.update(d.kind for d in r.diagnosis)
+                if waiting is not None:
+                    self._next_baseline = None
+                    self._swap(waiting)
         except Exception:
             self._error("report")
         self._deadline = self.clock() + self.window_seconds
@@ -518,6 +668,7 @@ class Monitor:
             window_end=self._window_end_unix,
             seen=seen,
             sampled=c.sampled,
+            checked=c.checked,
             dropped=dropped,
             errors=dict(c.errors),
             queue_depth=len(self._queue),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import re
 import signal
@@ -438,11 +439,15 @@ def test_shutdown_flushes_the_last_window_of_every_model(baseline: Baseline) -> 
 
 
 @contextlib.contextmanager
-def cli_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], queue.Queue[str]]]:
-    """`skew-sidecar serve ARGS` in a child process; its stderr lines arrive in a queue.
-    Leaving the block kills the process if it is still running."""
+def cli_process(
+    *args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], queue.Queue[str]]]:
+    """`skew-sidecar serve ARGS` in a child process (with `env` added to the environment);
+    its stderr lines arrive in a queue. Leaving the block kills the process if it is
+    still running."""
     process = subprocess.Popen(
         [sys.executable, "-m", "sidecar", "serve", *args],
+        env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
