@@ -41,6 +41,8 @@ FORMATS = (
 
 _SPLIT_KEYS = frozenset({"columns", "data", "index"})
 _SELDON_KEYS = frozenset({"data", "jsonData", "meta", "status"})
+# An object wider than this is neither a pandas split nor a Seldon message.
+_WIDEST_ENVELOPE = max(len(_SPLIT_KEYS), len(_SELDON_KEYS))
 
 
 class Extracted(NamedTuple):
@@ -96,6 +98,20 @@ def extract_request(body: Any, *, names: Sequence[str] | None = None) -> Extract
     if (extracted := _seldon(body, names, None)) is not None:
         return extracted
     return Extracted([body], "records")
+
+
+def is_plain_record(body: Any) -> bool:
+    """Whether `extract_request` reads `body` as exactly one record, `[body]`: an object
+    wider than any envelope (pandas split, Seldon) with none of the keys that make it
+    another format. The worker's fast path for the usual body."""
+    return (
+        type(body) is dict
+        and len(body) > _WIDEST_ENVELOPE
+        and "instances" not in body
+        and "inputs" not in body
+        and "dataframe_split" not in body
+        and "dataframe_records" not in body
+    )
 
 
 def extract_response(body: Any, *, output_name: str = "prediction") -> Extracted | None:

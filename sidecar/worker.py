@@ -28,7 +28,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from .baseline import SCHEMA_VERSION, Baseline
 from .engine import Engine, Window
 from .evidence import EvidenceLog, EvidenceOptions, Recorder, Redactor, request_id
-from .extract import extract_request, extract_response
+from .extract import extract_request, extract_response, is_plain_record
 from .metrics import BATCH_BUCKETS, MonitorSnapshot, collector_for
 from .multiprocess import Mirror
 from .reload import BaselineFile, carry, unchanged
@@ -49,7 +49,7 @@ class Sample:
     sample, and a frozen dataclass's __init__ costs several times more.
     """
 
-    __slots__ = ("headers", "request", "response", "response_headers", "status")
+    __slots__ = ("headers", "request", "response", "response_headers", "size", "status")
 
     def __init__(
         self,
@@ -64,6 +64,7 @@ class Sample:
         self.status = status
         self.headers = headers
         self.response_headers = response_headers
+        self.size = 0  # body bytes, set when queued (the queue's byte bound)
 
 
 @dataclass
@@ -120,7 +121,8 @@ def _summed(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
 
 def content_encoding(headers: Headers) -> str:
     for key, value in headers:
-        if key.lower() == b"content-encoding":
+        # The length first: most headers are not this one, and lower() allocates.
+        if len(key) == 16 and key.lower() == b"content-encoding":
             return value.decode("latin-1")
     return ""
 
@@ -334,6 +336,7 @@ class Monitor:
         when the caller has them (else they are added up here)."""
         if size < 0:
             size = _size(sample)
+        sample.size = size
         if (
             len(self._queue) >= self._limit
             or self._bytes_in - self._bytes_out + size > self.max_queue_bytes
@@ -416,7 +419,7 @@ class Monitor:
         )
         while self._queue:
             sample = self._queue.popleft()
-            self._bytes_out += _size(sample)
+            self._bytes_out += sample.size
             _bump(self.counts.rejected, "monitor_disabled")
 
     def _run(self) -> None:
@@ -482,7 +485,7 @@ class Monitor:
 
     def _extract(self, sample: Sample, requests: list[Any], responses: list[Any]) -> None:
         """The sample's rows; the sample counts once: as checked, or dropped by reason."""
-        self._bytes_out += _size(sample)
+        self._bytes_out += sample.size
         reason = self._request_rows(sample, requests) if sample.request else "empty_body"
         if self.checks_responses and sample.response and 200 <= sample.status < 300:
             n = len(responses)
@@ -511,6 +514,8 @@ class Monitor:
         try:
             if self.extractor is not None:
                 requests.extend(self.extractor(body))
+            elif is_plain_record(body):  # the common case, without building an Extracted
+                requests.append(body)
             else:
                 extracted = extract_request(body, names=self.input_names)
                 if extracted is None:

@@ -13,6 +13,7 @@ from sidecar.extract import (
     Extracted,
     extract_request,
     extract_response,
+    is_plain_record,
     rows_from_body,
 )
 
@@ -468,6 +469,32 @@ def test_no_json_value_makes_extraction_raise_or_exceed_max_rows(body: Any) -> N
     assert (rows is None) == (request is None)
     if request is not None and rows is not None:
         assert len(rows) == len(request.rows) + request.rejected
+
+
+ENVELOPE_KEYS = st.sampled_from(["jsonData", "meta", "status", "data", "columns", "index"])
+WIDE_OBJECTS = st.dictionaries(
+    FORMAT_KEYS | ENVELOPE_KEYS | st.text(max_size=2), JSON, min_size=3, max_size=8
+)
+
+
+@settings(max_examples=1000, deadline=None, database=None)
+@given(WIDE_OBJECTS | JSON)
+def test_a_plain_record_is_exactly_what_extraction_reads_as_one_record(body: Any) -> None:
+    # The worker's fast path must agree with the full extraction on every body it takes.
+    if is_plain_record(body):
+        assert extract_request(body) == Extracted([body], "records")
+        assert extract_request(body, names=["a", "b"]) == Extracted([body], "records")
+
+
+def test_the_usual_flat_request_is_a_plain_record_and_envelopes_are_not() -> None:
+    flat = {f"f{j}": float(j) for j in range(8)}
+    assert is_plain_record(flat)
+    assert not is_plain_record({**flat, "instances": [flat]})
+    assert not is_plain_record({"columns": ["a"], "data": [[1]], "index": [0]})
+    seldon = {"data": {"names": ["a"], "ndarray": [[1]]}, "meta": {}, "status": {}, "jsonData": 1}
+    assert extract_request(seldon) != Extracted([seldon], "records")
+    assert not is_plain_record(seldon)
+    assert not is_plain_record([flat])
 
 
 # -- rows_from_body, as the offline check uses it ------------------------------------------
