@@ -483,7 +483,7 @@ def parse_wrk(out: str) -> Run:
     requests = re.search(r"(\d+) requests in", out)
     pct = {
         p: to_ms(v, u)
-        for p, v, u in re.findall(r"^\s*(50|99|p99\.9)%?\s+([\d.]+)(us|ms|s|m)$", out, re.M)
+        for p, v, u in re.findall(r"^\s*(50|99|p99\.9)%?\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
     }
     if rps is None or requests is None or len(pct) != 3:
         raise RuntimeError(f"unexpected wrk output:\n{out}")
