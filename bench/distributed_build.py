@@ -7,8 +7,10 @@ baseline twice:
 - single process: `skew-sidecar profile part-*.parquet` in a child process (peak RSS
   of that child, from wait4);
 - Dask: `profile_parquet_dataset` on a LocalCluster of `--workers` single-threaded
-  worker processes started beforehand (start-up reported apart); peak RSS of each
-  worker read inside the worker after the build.
+  worker processes started beforehand (start-up reported apart): each file (or, with
+  few files, each range of row groups) is one piece, read and profiled on a worker by
+  the single-process reader; peak RSS of each worker read inside the worker after the
+  build.
 
 Prints one table. The issue's size is 50 million rows x 32 columns (about 11 GB of
 Parquet; hours on a small machine):
@@ -90,11 +92,11 @@ def _usage() -> tuple[float, float]:
 
 
 def on_dask(folder: Path, workers: int) -> tuple[float, float, float, list[float], int]:
-    """Cluster start-up s, build s, workers' CPU s, peak RSS (MB) of each worker, partitions."""
-    import dask.dataframe as dd
+    """Cluster start-up s, build s, workers' CPU s, peak RSS (MB) of each worker, pieces."""
     from distributed import Client, LocalCluster
 
     from sidecar.dask_profile import profile_parquet_dataset
+    from sidecar.parquet_dataset import ParquetDataset
 
     started = time.monotonic()
     with (
@@ -110,12 +112,12 @@ def on_dask(folder: Path, workers: int) -> tuple[float, float, float, list[float
         baseline = profile_parquet_dataset(str(folder), scheduler=cluster.scheduler_address)
         build = time.monotonic() - started
         after = client.run(_usage)
-    partitions = dd.read_parquet(str(folder)).npartitions
+    pieces = len(ParquetDataset.find(str(folder)).pieces(workers))
     idle = ", ".join(f"{rss:.0f}" for _, rss in before.values())
     print(f"dask workers at start: {idle} MB RSS")
     print(f"dask baseline: {baseline.rows:,} rows, {len(baseline.features)} features")
     cpu = sum(after[w][0] - before[w][0] for w in after)
-    return startup, build, cpu, [rss for _, rss in after.values()], partitions
+    return startup, build, cpu, [rss for _, rss in after.values()], pieces
 
 
 def main() -> None:
@@ -142,9 +144,9 @@ def main() -> None:
     if not args.skip_single:
         wall, cpu, peak = single_process(files, folder / "single.json")
         results.append(("single process", 1, wall, cpu, f"{peak:.0f}"))
-    startup, build, cpu, peaks, partitions = on_dask(data, args.workers)
+    startup, build, cpu, peaks, pieces = on_dask(data, args.workers)
     per_worker = " / ".join(f"{p:.0f}" for p in peaks)
-    results.append((f"dask ({partitions} partitions)", args.workers, build, cpu, per_worker))
+    results.append((f"dask ({pieces} pieces)", args.workers, build, cpu, per_worker))
     print(f"dask cluster start-up: {startup:.1f} s (not in the build time)")
     print(
         f"{'path':<26} {'workers':>7} {'build s':>8} {'CPU s':>7} {'rows/s':>10}  "

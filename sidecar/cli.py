@@ -77,7 +77,8 @@ def _profile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         choices=("local", "dask"),
         default="local",
         help="dask: profile one Parquet dataset (a directory, glob or fsspec URL such as "
-        "s3://bucket/train/) partition by partition on a Dask cluster ([dask] extra)",
+        "s3://bucket/train/) file by file on a Dask cluster, each file read as the local "
+        "engine reads it ([dask] extra)",
     )
     p.add_argument(
         "--workers",

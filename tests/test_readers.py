@@ -22,6 +22,7 @@ from sidecar.readers import (
     iter_column_chunks,
     iter_dataframe_chunks,
     iter_file_chunks,
+    iter_parquet_chunks,
     iter_record_chunks,
 )
 
@@ -213,6 +214,50 @@ def test_parquet_round_trips_structs_and_timestamps(tmp_path: Path) -> None:
         "tags": [["a"]] * 3,
         "price": [1.5] * 3,
     }
+
+
+def _row_groups(path: Path) -> Path:
+    """Four row groups of 10 rows: ids 0..39."""
+    pq.write_table(pa.table({"id": pa.array(range(40), pa.int64())}), path, row_group_size=10)
+    return path
+
+
+def test_parquet_reads_only_the_row_groups_asked_for(tmp_path: Path) -> None:
+    path = str(_row_groups(tmp_path / "train.parquet"))
+    chunks = list(iter_parquet_chunks(path, row_groups=(1, 2), chunk_rows=8))
+    assert concat(chunks) == {"id": list(range(10, 30))}
+
+
+def test_parquet_reports_progress_over_the_row_groups_asked_for(tmp_path: Path) -> None:
+    path = _row_groups(tmp_path / "train.parquet")
+    calls: list[tuple[int, int]] = []
+    chunks = iter_parquet_chunks(
+        str(path), row_groups=(2, 3), chunk_rows=10, progress=lambda *a: calls.append(a)
+    )
+    assert sum(chunk.rows for chunk in chunks) == 20
+    size = path.stat().st_size
+    assert calls == [(size // 2, size), (size, size)]
+
+
+def test_parquet_reads_through_an_fsspec_filesystem_as_from_disk(tmp_path: Path) -> None:
+    fsspec = pytest.importorskip("fsspec")
+    path = _parquet(tmp_path / "train.parquet", rows=5)
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/readers-test/train.parquet", path.read_bytes())
+    try:
+        remote = list(iter_parquet_chunks("/readers-test/train.parquet", filesystem=memory))
+    finally:
+        memory.rm("/readers-test", recursive=True)
+    assert remote == list(iter_file_chunks(path))
+
+
+def test_a_missing_file_on_an_fsspec_filesystem_is_named(tmp_path: Path) -> None:
+    fsspec = pytest.importorskip("fsspec")
+    chunks = iter_parquet_chunks(
+        "/readers-test/none.parquet", filesystem=fsspec.filesystem("memory")
+    )
+    with pytest.raises(ReaderError, match="/readers-test/none.parquet: not a readable Parquet"):
+        next(chunks)
 
 
 def test_a_file_that_is_not_parquet_is_reported(tmp_path: Path) -> None:
