@@ -316,6 +316,22 @@ class _Aggregated(Collector):
         return list(self._files.collect())  # type: ignore[no-untyped-call]
 
 
+def clear_files(path: str) -> list[str]:
+    """Remove the value files (`*.db`) left in `path` by an earlier run of the server;
+    their names. prometheus_client reads every file in the directory, so counts of a
+    previous run would be added to this one's: call it once, before any worker starts
+    (gunicorn's `on_starting`; a start script's `rm` does the same)."""
+    removed = []
+    for name in sorted(os.listdir(path)):
+        if name.endswith(".db"):
+            try:
+                os.remove(os.path.join(path, name))
+            except FileNotFoundError:
+                continue
+            removed.append(name)
+    return removed
+
+
 def forget_dead_processes(path: str) -> list[int]:
     """Remove the live-gauge files of processes that no longer run; their pids."""
     if os.name != "posix":  # os.kill(pid, 0) would end the process on Windows
