@@ -276,6 +276,31 @@ def test_without_the_variable_monitors_export_through_the_registry_as_before(
     assert registry.get_sample_value("skew_requests_seen_total", MODEL) == 0
 
 
+def test_gunicorn_refuses_to_start_with_the_directory_set_by_its_own_env_setting(
+    tmp_path: Path,
+) -> None:
+    """`gunicorn -e`/raw_env sets the variable after the settings module imported
+    prometheus_client in the master, so workers would inherit in-memory metrics:
+    on_starting stops gunicorn, naming the fix, before any worker starts."""
+    repo = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in (ENV, ENV.lower())}
+    command = [
+        sys.executable, "-m", "gunicorn", "tests.apps.tapped:build()",
+        "-c", "python:sidecar.gunicorn_conf", "-k", "uvicorn_worker.UvicornWorker",
+        "-b", "127.0.0.1:0", "-e", f"{ENV}={tmp_path}",
+    ]  # fmt: skip
+    result = subprocess.run(
+        command,
+        env={**env, "PYTHONPATH": str(repo), "SKEW_TEST_SINK": "unix:///nonexistent.sock"},
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "set it in the environment that starts the server" in result.stderr
+
+
 def test_clearing_the_directory_removes_the_value_files_and_nothing_else(tmp_path: Path) -> None:
     for name in ["counter_12.db", "gauge_livesum_12.db", "histogram_7.db", "notes.txt"]:
         (tmp_path / name).touch()
