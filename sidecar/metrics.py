@@ -21,9 +21,9 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -540,6 +540,27 @@ _COLLECTORS: weakref.WeakKeyDictionary[CollectorRegistry, SkewCollector] = (
 _COLLECTORS_LOCK = threading.Lock()
 
 
+class TextCollector(Protocol):
+    """A collector that writes its own families in the text format (what generate_latest
+    writes for its collect()), faster."""
+
+    def text(self) -> str: ...
+
+    def skipped(self) -> AbstractContextManager[None]: ...
+
+
+# Registries whose text collector is not a SkewCollector (multiprocess_registry's).
+_TEXT_COLLECTORS: weakref.WeakKeyDictionary[CollectorRegistry, TextCollector] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def set_text_collector(registry: CollectorRegistry, collector: TextCollector) -> None:
+    """exposition() will write `collector`, registered with `registry`, with its text()."""
+    with _COLLECTORS_LOCK:
+        _TEXT_COLLECTORS[registry] = collector
+
+
 def monitors_of(registry: CollectorRegistry) -> list[Monitor]:
     """The monitors exporting to this registry (none if it has no skew collector)."""
     with _COLLECTORS_LOCK:
@@ -606,7 +627,9 @@ def exposition(registry: CollectorRegistry, accept: str = "") -> tuple[bytes, st
         if ranges:
             encoder, content_type = choose_encoder(",".join(ranges))
     with _COLLECTORS_LOCK:
-        collector = _COLLECTORS.get(registry)
+        collector: TextCollector | None = _COLLECTORS.get(registry)
+        if collector is None:
+            collector = _TEXT_COLLECTORS.get(registry)
     if collector is None or not _keeps_legacy_names(content_type):
         return encoder(registry), content_type
     with collector.skipped():
@@ -644,7 +667,7 @@ def metrics_app(registry: CollectorRegistry | None = None) -> ASGIApp:
 
     Without a registry: prometheus_client's REGISTRY, or, when `PROMETHEUS_MULTIPROC_DIR`
     is set (several worker processes), `multiprocess_registry()`: every worker's
-    metrics added up, rendered by prometheus_client.
+    metrics added up, written by multiprocess_text.py (prometheus_client's bytes).
     """
     target = registry if registry is not None else _default_registry()
 

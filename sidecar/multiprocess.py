@@ -21,13 +21,16 @@ uses, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
@@ -49,11 +52,15 @@ from .metrics import (
     Family,
     Labels,
     Series,
+    set_text_collector,
 )
+from .multiprocess_text import FileText, Unsupported
 
 if TYPE_CHECKING:
     from .sampling import Sampler
     from .worker import Monitor
+
+logger = logging.getLogger("sidecar.multiprocess")
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 GaugeMode = Literal["livemax", "livemostrecent", "livesum"]
@@ -291,6 +298,10 @@ def multiprocess_registry(path: str | None = None) -> CollectorRegistry:
     gunicorn's `child_exit` hook, so a killed worker's live gauges go with it under
     uvicorn as well (which has no such hook). That reads pids from file names: one
     directory per server, shared by no other machine or container.
+
+    `metrics_app(registry)` writes it about ten times faster than prometheus_client,
+    the same bytes (multiprocess_text.py); make_asgi_app renders it as prometheus_client
+    does.
     """
     directory = path if path is not None else multiprocess_dir()
     if directory is None:
@@ -299,21 +310,76 @@ def multiprocess_registry(path: str | None = None) -> CollectorRegistry:
             "in the environment that starts the server"
         )
     registry = CollectorRegistry()
-    registry.register(_Aggregated(directory))
+    aggregated = _Aggregated(directory)
+    registry.register(aggregated)
+    set_text_collector(registry, aggregated)
     return registry
 
 
 class _Aggregated(Collector):
+    """prometheus_client's MultiProcessCollector, written faster in the text format
+    (`text()`: the same bytes, see multiprocess_text.py)."""
+
     def __init__(self, path: str) -> None:
         self.path = path
         self._files = MultiProcessCollector(None, path)  # type: ignore[no-untyped-call]
+        self._slow = CollectorRegistry()
+        self._slow.register(self._files)
+        self._fast = FileText(path)
+        self._lock = threading.Lock()  # the fast writer's caches: one scrape at a time
+        self._local = threading.local()  # .skipped: collect() yields nothing
 
     def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> list[Metric]:
+        if getattr(self._local, "skipped", False):
+            return []
         forget_dead_processes(self.path)
         return list(self._files.collect())  # type: ignore[no-untyped-call]
+
+    def text(self) -> str:
+        forget_dead_processes(self.path)
+        with self._lock:
+            try:
+                return self._fast.text()
+            except Unsupported as exc:
+                _log_once(self.path, exc)
+        return generate_latest(self._slow).decode("utf-8")
+
+    @contextmanager
+    def skipped(self) -> Iterator[None]:
+        """While open, collect() yields nothing in this thread."""
+        self._local.skipped = True
+        try:
+            yield
+        finally:
+            self._local.skipped = False
+
+
+_LOGGED: set[tuple[str, str]] = set()
+
+
+def _log_once(path: str, exc: Unsupported) -> None:
+    if (path, str(exc)) not in _LOGGED:
+        _LOGGED.add((path, str(exc)))
+        logger.info("%s: rendered by prometheus_client (%s)", path, exc)
+
+
+def clear_files(path: str) -> list[str]:
+    """Remove the value files (`*.db`) left in `path` by an earlier run of the server;
+    their names. prometheus_client reads every file in the directory, so counts of a
+    previous run would be added to this one's: call it once, before any worker starts
+    (gunicorn's `on_starting`; a start script's `rm` does the same)."""
+    removed = []
+    for name in sorted(os.listdir(path)):
+        if name.endswith(".db"):
+            try:
+                os.remove(os.path.join(path, name))
+            except FileNotFoundError:
+                continue
+            removed.append(name)
+    return removed
 
 
 def forget_dead_processes(path: str) -> list[int]:

@@ -1,4 +1,5 @@
-"""Serve ASGI apps over real HTTP: uvicorn on loopback, in a background thread."""
+"""Serve ASGI apps over real HTTP: uvicorn on loopback, in a background thread; or
+several worker processes (uvicorn --workers, gunicorn) in a subprocess."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import uvicorn
 from starlette.types import ASGIApp
+
+# uvicorn_workers or gunicorn_workers: (factory, environment) -> the base URL while open.
+Workers = Callable[[str, Mapping[str, str]], AbstractContextManager[str]]
 
 START_TIMEOUT = 5.0
 STOP_TIMEOUT = 10.0
@@ -81,6 +85,27 @@ def uvicorn_workers(factory: str, env: Mapping[str, str], workers: int = 2) -> I
     command = [
         sys.executable, "-m", "uvicorn", factory, "--factory", "--workers", str(workers),
         "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+    server = subprocess.Popen(command, env={**env, "PYTHONPATH": str(repo)}, cwd=repo)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+@contextmanager
+def gunicorn_workers(factory: str, env: Mapping[str, str], workers: int = 2) -> Iterator[str]:
+    """`gunicorn -k uvicorn_worker.UvicornWorker -w N` with the shipped settings
+    (`-c python:sidecar.gunicorn_conf`) in a subprocess, as `uvicorn_workers` runs
+    uvicorn: the factory is called in each worker (`module:build()`), never in the
+    master. Leaving the block stops it with SIGTERM (workers shut down gracefully)."""
+    repo = Path(__file__).resolve().parent.parent
+    port = free_port()
+    command = [
+        sys.executable, "-m", "gunicorn", f"{factory}()", "-c", "python:sidecar.gunicorn_conf",
+        "-k", "uvicorn_worker.UvicornWorker", "-w", str(workers), "-b", f"127.0.0.1:{port}",
+        "--log-level", "warning", "--graceful-timeout", "10",
     ]  # fmt: skip
     server = subprocess.Popen(command, env={**env, "PYTHONPATH": str(repo)}, cwd=repo)
     try:

@@ -25,6 +25,7 @@ from starlette.applications import Starlette
 
 from sidecar import Baseline, ProfileOptions, SkewMiddleware, demo
 from sidecar.serve import ENV_PREFIX, ServeSettings, Sidecar
+from tests.promql import vector_selectors
 from tests.servers import eventually, serve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,12 +233,8 @@ def test_the_dashboard_takes_its_data_source_from_a_variable() -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    assert variables["model"]["query"]["query"] == "label_values(skew_baseline_info, model)"
-    assert variables["feature"]["query"]["query"] == (
-        'label_values(skew_feature_baseline_fraction{model="$model"}, feature)'
-    )
     ours = {"type": "prometheus", "uid": "${datasource}"}
-    for variable in ("model", "feature"):
+    for variable in ("namespace", "job", "model", "feature"):
         assert variables[variable]["datasource"] == ours
     panels = dashboard["panels"]
     assert len({p["id"] for p in panels}) == len(panels)
@@ -251,6 +248,67 @@ def test_the_dashboard_takes_its_data_source_from_a_variable() -> None:
             assert target["datasource"] == ours, panel["title"]
             assert 'model="$model"' in target["expr"] or "skew_sidecar_" in target["expr"]
     assert "${" not in json.dumps(dashboard).replace("${datasource}", "")
+
+
+FLEET = ('namespace=~"$namespace"', 'job=~"$job"')
+
+
+def test_the_dashboard_lets_an_operator_pick_namespaces_and_jobs_then_model_and_feature() -> None:
+    """namespace and job: several values or All (`.*`, which also matches series without
+    the label, as under compose); each variable's values are those of the earlier ones'
+    choice, so the variables come in that order."""
+    variables = json.loads(DASHBOARD.read_text())["templating"]["list"]
+    assert [v["name"] for v in variables] == ["datasource", "namespace", "job", "model", "feature"]
+    by_name = {v["name"]: v for v in variables}
+    queries = {
+        "namespace": "label_values(skew_baseline_info, namespace)",
+        "job": 'label_values(skew_baseline_info{namespace=~"$namespace"}, job)',
+        "model": 'label_values(skew_baseline_info{namespace=~"$namespace", job=~"$job"}, model)',
+        "feature": "label_values(skew_feature_baseline_fraction"
+        '{namespace=~"$namespace", job=~"$job", model="$model"}, feature)',
+    }
+    for name, query in queries.items():
+        variable = by_name[name]
+        assert variable["type"] == "query"
+        assert variable["query"]["query"] == variable["definition"] == query
+        assert variable["refresh"] == 2  # on time range change: new deployments appear
+        fleet = name in ("namespace", "job")
+        assert variable["multi"] is variable["includeAll"] is fleet, name
+        if fleet:
+            assert variable["allValue"] == ".*"
+            assert variable["current"]["value"] == ["$__all"]
+
+
+def test_every_selector_of_every_panel_query_filters_by_namespace_and_job() -> None:
+    selectors = [s for expr in dashboard_expressions() for s in vector_selectors(expr)]
+    assert len(selectors) >= 40
+    for selector in selectors:
+        matchers = [m.strip() for m in selector.matchers.split(",")]
+        assert set(FLEET) <= set(matchers), selector
+
+
+@pytest.mark.parametrize(
+    ("expr", "selectors"),
+    [
+        ('sum by (a) (rate(x{a="}"}[5m]))', [("x", 'a="}"')]),
+        ("max(y) / on (b) group_left (c) z > 0.5", [("y", ""), ("z", "")]),
+        ("histogram_quantile(0.99, sum by (le) (w_bucket[$__rate_interval]))", [("w_bucket", "")]),
+        (
+            'a:b:c{m=~"x|y"} and ignoring (d) e offset 5m or vector(1e-4)',
+            [
+                ("a:b:c", 'm=~"x|y"'),
+                ("e", ""),
+            ],
+        ),
+    ],
+)
+def test_the_selector_scanner_finds_every_vector_selector_and_nothing_else(
+    expr: str, selectors: list[tuple[str, str]]
+) -> None:
+    found = vector_selectors(expr)
+    assert [(s.name, s.matchers) for s in found] == selectors
+    for s in found:
+        assert expr[s.start : s.end].startswith(s.name)
 
 
 def test_the_dashboard_has_the_panels_an_operator_needs() -> None:

@@ -26,7 +26,7 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -479,27 +479,64 @@ def rule_expressions() -> list[tuple[str, str]]:
     return out
 
 
-DASHBOARD_VARIABLES = {
+GRAFANA_VARIABLES = {
     "${datasource}": "prometheus",
-    "$model": "churn",
-    "$feature": "x",
     "$__rate_interval": "1m",
     "$__interval": "15s",
     "$__range": "1h",
 }
+# Every deployment (namespace and job set to All: Grafana writes their allValue, `.*`).
+DASHBOARD_VARIABLES = {
+    **GRAFANA_VARIABLES,
+    "$namespace": ".*",
+    "$job": ".*",
+    "$model": "churn",
+    "$feature": "x",
+}
 
 
-def dashboard_expressions() -> list[tuple[str, str]]:
+def substitute(expr: str, variables: Mapping[str, str]) -> str:
+    for variable, value in variables.items():
+        expr = expr.replace(variable, value)
+    return expr
+
+
+def dashboard_expressions(
+    variables: Mapping[str, str] = DASHBOARD_VARIABLES,
+) -> list[tuple[str, str]]:
     dashboard = json.loads(DASHBOARD.read_text())
     out = []
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
-            expr = target["expr"]
-            for variable, value in DASHBOARD_VARIABLES.items():
-                expr = expr.replace(variable, value)
+            expr = substitute(target["expr"], variables)
             assert "$" not in expr, f"panel {panel['title']!r}: unsubstituted variable in {expr}"
             out.append((f"{panel['title']} / {target['refId']}", expr))
     return out
+
+
+def offered(prometheus: Prometheus, variable: str, chosen: Mapping[str, str]) -> list[str]:
+    """The values Grafana offers for a `label_values(selector, label)` variable of the
+    dashboard, the earlier variables as `chosen`: Prometheus's label values API over the
+    selector, which is what Grafana's Prometheus data source asks."""
+    (query,) = [
+        v["query"]["query"]
+        for v in json.loads(DASHBOARD.read_text())["templating"]["list"]
+        if v["name"] == variable
+    ]
+    found = re.fullmatch(r"label_values\((.+), (\w+)\)", query)
+    assert found is not None, query
+    selector, label = substitute(found[1], chosen), found[2]
+    response = prometheus.client.get(f"/api/v1/label/{label}/values", params={"match[]": selector})
+    assert response.status_code == 200, response.text
+    values: list[str] = response.json()["data"]
+    return values
+
+
+def grafana_multi_value(values: list[str]) -> str:
+    """A multi-value variable with these values selected, as Grafana writes it into a
+    Prometheus query: regex-escaped, several as an alternation."""
+    escaped = [re.escape(v) for v in values]
+    return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
 
 
 def test_every_rule_expression_returns_data_after_the_traffic(stack: Stack) -> None:
@@ -514,6 +551,31 @@ def test_every_dashboard_query_returns_data_after_the_traffic(stack: Stack) -> N
     assert len(expressions) >= 15
     empty = [name for name, expr in expressions if not stack.prometheus.query(expr)]
     assert empty == []
+
+
+def test_every_dashboard_query_returns_data_for_the_deployments_the_variables_offer(
+    stack: Stack,
+) -> None:
+    """The variables as Grafana fills them: namespace and job set to every value their
+    queries offer (no target here carries a namespace, so it offers none and stays All),
+    model and feature to one each of the values then offered."""
+    prometheus = stack.prometheus
+    chosen = dict(GRAFANA_VARIABLES)
+    for name in ("namespace", "job"):
+        values = offered(prometheus, name, chosen)
+        chosen[f"${name}"] = grafana_multi_value(values) if values else ".*"
+    assert (chosen["$namespace"], chosen["$job"]) == (".*", "skew")
+    assert {"churn", "canary", "fraud", "a", "b"} <= set(offered(prometheus, "model", chosen))
+    chosen["$model"] = "churn"
+    assert set(offered(prometheus, "feature", chosen)) == {"x", "c"}
+    chosen["$feature"] = "x"
+    expressions = dashboard_expressions(chosen)
+    empty = [name for name, expr in expressions if not prometheus.query(expr)]
+    assert empty == []
+    # The filters filter: a job no target has leaves every panel empty.
+    elsewhere = {**chosen, "$job": "(no-such-job|another)"}
+    shown = [name for name, expr in dashboard_expressions(elsewhere) if prometheus.query(expr)]
+    assert shown == []
 
 
 # -- alerts ----------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The datagram tap: serving processes ship samples to one sidecar, which checks them.
 
 Wire format and ledger as pure functions; the sink against real sockets; the whole path
-through uvicorn (one worker in a thread, and `uvicorn --workers 2` in a subprocess)."""
+through uvicorn (one worker in a thread; `uvicorn --workers 2` and gunicorn with two
+uvicorn workers in a subprocess)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from sidecar.tap import (
     decode,
 )
 from sidecar.worker import Sample
-from tests.servers import eventually, serve, uvicorn_workers
+from tests.servers import Workers, eventually, gunicorn_workers, serve, uvicorn_workers
 
 
 class Clock:
@@ -295,8 +296,11 @@ def test_samples_tapped_in_the_app_are_checked_and_counted_by_the_sidecar(
         assert value(sidecar, "skew_sidecar_tap_datagrams_total", result="sample") == 51
 
 
-def test_with_two_uvicorn_workers_the_sidecar_counts_every_request_once(
-    baseline: Baseline, socket_path: str
+@pytest.mark.parametrize(
+    "workers", [uvicorn_workers, gunicorn_workers], ids=["uvicorn", "gunicorn"]
+)
+def test_with_two_worker_processes_the_sidecar_counts_every_request_once(
+    baseline: Baseline, socket_path: str, workers: Workers
 ) -> None:
     sidecar = Sidecar({"default": baseline}, taps=[f"unix://{socket_path}"], window_seconds=3600)
     env = {**os.environ, "SKEW_TEST_SINK": f"unix://{socket_path}"}
@@ -304,12 +308,12 @@ def test_with_two_uvicorn_workers_the_sidecar_counts_every_request_once(
     pids: set[str] = set()
     with serve(sidecar):
         # Leaving the block stops the workers: they report their last counts as they stop.
-        with uvicorn_workers("tests.apps.tapped:build", env) as url:
+        with workers("tests.apps.tapped:build", env) as url:
             with httpx.Client(base_url=url) as client:
                 # Both workers up before the count starts: a worker still importing
                 # would leave every request to the other.
                 assert eventually(lambda: _pids(client, pids) == 2, 60), (
-                    f"uvicorn --workers 2: {len(pids)} worker(s) answered"
+                    f"two workers: {len(pids)} worker(s) answered"
                 )
                 pids.clear()
                 for i in range(n):
