@@ -18,8 +18,6 @@ medians; ratios are medians of per-round ratios against the no-op middleware.
                         its CPU is reported in its own column
   sink-1.0-apart        the same with the sidecar on core 1 (beside wrk, nice 19): the
                         serving process's cost when the checker has a core of its own
-  skew-0.1-short, skew-1.0-short   the same with shorter worker slices (32 samples
-                parsed, 64 rows checked between two offers of the GIL; 128 / 256 by default)
   skew-1.0+scrape       skew-1.0 while a thread GETs /metrics once a second
                         (sidecar.metrics_app: renders in a thread)
   skew-1.0+scrape-prom  the same with prometheus_client's make_asgi_app (renders on
@@ -74,7 +72,7 @@ NUMERIC = 24
 CATEGORICAL = 8
 SERVER_VARIANTS = (
     "bare", "noop", "skew-0.1", "skew-1.0", "skew-all", "sink-0.1", "sink-1.0",
-    "sink-1.0-apart", "exporter", "skew-0.1-short", "skew-1.0-short",
+    "sink-1.0-apart", "exporter",
 )  # fmt: skip
 
 
@@ -87,13 +85,10 @@ SKEW_OPTIONS: dict[str, SkewOptions] = {
     "skew-0.1": {"sample_rate": 0.1},
     "skew-1.0": {"sample_rate": 1.0},
     "skew-all": {"sample_rate": 1.0, "max_samples_per_second": 1e9},
-    "skew-0.1-short": {"sample_rate": 0.1},
-    "skew-1.0-short": {"sample_rate": 1.0},
     "sink-0.1": {"sample_rate": 0.1},
     "sink-1.0": {"sample_rate": 1.0},
     "sink-1.0-apart": {"sample_rate": 1.0},
 }
-SHORT_SLICE = (32, 64)  # the -short variants' worker slices: samples parsed, rows checked
 # run name -> (server variant, path scraped once a second during the run, or None)
 RUNS: dict[str, tuple[str, str | None]] = {
     **{name: (name, None) for name in SERVER_VARIANTS},
@@ -104,8 +99,6 @@ FIXED_LOAD_RUNS = (
     "noop", "skew-0.1", "skew-1.0", "skew-all", "sink-0.1", "sink-1.0", "sink-1.0-apart",
     "skew-1.0+scrape",
     "skew-1.0+scrape-prom",
-    "skew-0.1-short",
-    "skew-1.0-short",
 )  # fmt: skip
 
 
@@ -168,12 +161,6 @@ def build_app(variant: str, baseline_path: str) -> ASGIApp:
         routes.append(Mount("/metrics", metrics_app(registry)))
         routes.append(Mount("/metrics-prom", make_asgi_app(registry)))
         options = SKEW_OPTIONS[variant]
-        if variant.endswith("-short"):
-            from sidecar.worker import Monitor
-
-            # Shorter worker slices between two offers of the GIL (defaults 128 / 256).
-            defaults = Monitor.__init__.__kwdefaults__ or {}
-            defaults.update(batch_samples=SHORT_SLICE[0], batch_rows=SHORT_SLICE[1])
         middleware.append(
             Middleware(SkewMiddleware, baseline=baseline_path, registry=registry, **options)
         )
