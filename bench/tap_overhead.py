@@ -11,6 +11,8 @@ Drives a Starlette app in-process (no sockets) for N requests per variant:
   checked     as sampled, and the worker's checking, in batches of --batch samples
               (the real server's worker saw about 90 at sample_rate 0.1): the
               total CPU of a sampled request, on and off the loop
+  outputs     as checked, with a prediction column in the baseline: the responses
+              are read, parsed and checked too (as in bench/serving_load.py)
   sink        SkewMiddleware(sink=...): every request sampled and sent as one datagram
               to a Unix socket drained by another process (the serving process's
               whole cost of the datagram tap)
@@ -38,7 +40,7 @@ import threading
 import time
 from typing import Any
 
-VARIANTS = ("bare", "noop", "unwatched", "skipped", "sampled", "checked", "sink")
+VARIANTS = ("bare", "noop", "unwatched", "skipped", "sampled", "checked", "outputs", "sink")
 # The sidecar's stand-in for the sink variant: binds the socket, reads and discards.
 DRAIN = """
 import os, socket, sys
@@ -50,6 +52,7 @@ while True:
     sock.recv(1 << 20)
 """
 FEATURES = 32
+CHECKED = ("checked", "outputs")  # the variants whose worker checks, in batches
 
 
 def build(variant: str) -> tuple[Any, Any]:
@@ -60,7 +63,7 @@ def build(variant: str) -> tuple[Any, Any]:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from sidecar import Baseline
+    from sidecar import Baseline, ProfileOptions
     from sidecar.middleware import SkewMiddleware
 
     async def predict(request: Request) -> Response:
@@ -73,7 +76,15 @@ def build(variant: str) -> tuple[Any, Any]:
     if variant == "noop":
         return NoopMiddleware(app), None
     rows = [{f"f{j}": float((i * 7 + j) % 97) for j in range(FEATURES)} for i in range(500)]
-    baseline = Baseline.from_records(rows)
+    if variant == "outputs":
+        for i, row in enumerate(rows):
+            row["prediction"] = (i % 10) / 10
+    baseline = Baseline.from_records(
+        rows,
+        ProfileOptions(
+            prediction=frozenset({"prediction"}) if variant == "outputs" else frozenset()
+        ),
+    )
     options: dict[str, Any] = {
         "registry": CollectorRegistry(),
         "queue_size": 1_000_000,
@@ -84,7 +95,7 @@ def build(variant: str) -> tuple[Any, Any]:
     if variant == "sink":
         return SkewMiddleware(app, sink=drained_socket(), max_samples_per_second=1e9), None
     mw = SkewMiddleware(app, baseline=baseline, **options)
-    if variant in ("sampled", "checked"):
+    if variant in ("sampled", "checked", "outputs"):
         mw.monitor._thread = threading.Thread()  # "started", but never run: loop cost only
     _ = orjson
     return mw, mw.monitor
@@ -166,14 +177,14 @@ def run_variant(variant: str, n: int, batch: int) -> None:
     gc.disable()
     method = "GET" if variant == "unwatched" else "POST"
     os.getppid()  # callgrind starts counting here (--zero-before=getppid)
-    asyncio.run(drive(app, n, method, monitor, batch if variant == "checked" else 0))
+    asyncio.run(drive(app, n, method, monitor, batch if variant in CHECKED else 0))
     os.getpgrp()  # and stops here (--dump-before=getpgrp)
 
 
 def cpu_per_request(variant: str, n: int, batch: int) -> float:
     app, monitor = build(variant)
     method = "GET" if variant == "unwatched" else "POST"
-    batch = batch if variant == "checked" else 0
+    batch = batch if variant in CHECKED else 0
     asyncio.run(drive(app, 200, method, monitor, batch))  # warm up
     if monitor is not None:
         monitor._queue.clear()
