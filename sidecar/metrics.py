@@ -483,13 +483,34 @@ def _offer_gil() -> None:
 # -- the collector ----------------------------------------------------------------------
 
 
-class SkewCollector(Collector):
+class SkippedInThread:
+    """For a collector that also writes its own text: while `skipped()` is open,
+    `collect()` yields nothing in that thread (the text is written apart; the registry's
+    other collectors still go through generate_latest). Other threads are unaffected."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @property
+    def is_skipped(self) -> bool:
+        return getattr(self._local, "skipped", False)
+
+    @contextmanager
+    def skipped(self) -> Iterator[None]:
+        self._local.skipped = True
+        try:
+            yield
+        finally:
+            self._local.skipped = False
+
+
+class SkewCollector(SkippedInThread, Collector):
     """Renders all monitors of one registry."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._monitors: weakref.WeakSet[Monitor] = weakref.WeakSet()
         self._lock = threading.Lock()
-        self._local = threading.local()  # .skipped: collect() yields nothing
         self._writer = TextWriter()
 
     def add(self, monitor: Monitor) -> None:
@@ -501,7 +522,7 @@ class SkewCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        if getattr(self._local, "skipped", False):
+        if self.is_skipped:
             return
         # No slices here: collect() may run on the event loop (make_asgi_app).
         yield from render([monitor.snapshot() for monitor in self._current()])
@@ -519,15 +540,6 @@ class SkewCollector(Collector):
             snapshot = monitor.snapshot()
             _offer_gil()
             yield snapshot
-
-    @contextmanager
-    def skipped(self) -> Iterator[None]:
-        """While open, collect() yields nothing in this thread (other threads unaffected)."""
-        self._local.skipped = True
-        try:
-            yield
-        finally:
-            self._local.skipped = False
 
     def _current(self) -> list[Monitor]:
         with self._lock:

@@ -26,8 +26,6 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
@@ -52,6 +50,7 @@ from .metrics import (
     Family,
     Labels,
     Series,
+    SkippedInThread,
     set_text_collector,
 )
 from .multiprocess_text import FileText, Unsupported
@@ -316,24 +315,24 @@ def multiprocess_registry(path: str | None = None) -> CollectorRegistry:
     return registry
 
 
-class _Aggregated(Collector):
+class _Aggregated(SkippedInThread, Collector):
     """prometheus_client's MultiProcessCollector, written faster in the text format
     (`text()`: the same bytes, see multiprocess_text.py)."""
 
     def __init__(self, path: str) -> None:
+        super().__init__()
         self.path = path
         self._files = MultiProcessCollector(None, path)  # type: ignore[no-untyped-call]
         self._slow = CollectorRegistry()
         self._slow.register(self._files)
         self._fast = FileText(path)
         self._lock = threading.Lock()  # the fast writer's caches: one scrape at a time
-        self._local = threading.local()  # .skipped: collect() yields nothing
 
     def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> list[Metric]:
-        if getattr(self._local, "skipped", False):
+        if self.is_skipped:
             return []
         forget_dead_processes(self.path)
         return list(self._files.collect())  # type: ignore[no-untyped-call]
@@ -346,15 +345,6 @@ class _Aggregated(Collector):
             except Unsupported as exc:
                 _log_once(self.path, exc)
         return generate_latest(self._slow).decode("utf-8")
-
-    @contextmanager
-    def skipped(self) -> Iterator[None]:
-        """While open, collect() yields nothing in this thread."""
-        self._local.skipped = True
-        try:
-            yield
-        finally:
-            self._local.skipped = False
 
 
 _LOGGED: set[tuple[str, str]] = set()
