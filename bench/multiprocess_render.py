@@ -34,11 +34,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
+from metrics_render import timed
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from serving_load import score, training_rows, write_baseline
@@ -127,18 +127,6 @@ class Workers:
             process.stdin.close()
         for process in self.processes:
             process.wait(30)
-
-
-def timed(render: Callable[[], object], between: Callable[[], None], n: int) -> tuple[float, float]:
-    """Mean wall and CPU ms of `n` renders, `between` run (untimed) before each."""
-    wall = cpu = 0.0
-    for _ in range(n):
-        between()
-        w0, c0 = time.perf_counter(), time.thread_time()
-        render()
-        cpu += time.thread_time() - c0
-        wall += time.perf_counter() - w0
-    return wall / n * 1e3, cpu / n * 1e3
 
 
 def series(text: bytes) -> int:
