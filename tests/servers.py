@@ -86,12 +86,8 @@ def uvicorn_workers(factory: str, env: Mapping[str, str], workers: int = 2) -> I
         sys.executable, "-m", "uvicorn", factory, "--factory", "--workers", str(workers),
         "--port", str(port), "--log-level", "warning",
     ]  # fmt: skip
-    server = subprocess.Popen(command, env={**env, "PYTHONPATH": str(repo)}, cwd=repo)
-    try:
+    with _running(command, env, repo):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 @contextmanager
@@ -107,9 +103,17 @@ def gunicorn_workers(factory: str, env: Mapping[str, str], workers: int = 2) -> 
         "-k", "uvicorn_worker.UvicornWorker", "-w", str(workers), "-b", f"127.0.0.1:{port}",
         "--log-level", "warning", "--graceful-timeout", "10",
     ]  # fmt: skip
+    with _running(command, env, repo):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def _running(command: list[str], env: Mapping[str, str], repo: Path) -> Iterator[None]:
+    """The server command in a subprocess (the repository on its path); stopped with
+    SIGTERM (its workers shut down gracefully) and waited for on leaving."""
     server = subprocess.Popen(command, env={**env, "PYTHONPATH": str(repo)}, cwd=repo)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield
     finally:
         server.terminate()
         server.wait(30)
