@@ -15,6 +15,7 @@ from sidecar.cloudevents import (
     is_structured,
     read_headers,
 )
+from tests.clock import Clock
 
 KSERVE_REQUEST = "org.kubeflow.serving.inference.request"
 KSERVE_RESPONSE = "org.kubeflow.serving.inference.response"
@@ -41,14 +42,6 @@ def kserve(**overrides: str) -> dict[str, str]:
     }
     values.update(overrides)
     return values
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # -- headers --------------------------------------------------------------------------
@@ -153,7 +146,7 @@ def test_binary_mode_is_recognised_by_specversion_or_type_not_by_ce_id_alone() -
 
 
 def joiner(**options: float) -> tuple[Joiner[str], Clock]:
-    clock = Clock()
+    clock = Clock(1000.0)
     return Joiner(clock=clock, **options), clock  # type: ignore[arg-type]
 
 
@@ -231,7 +224,7 @@ def test_the_pending_table_is_bounded_and_the_oldest_is_handed_over_alone() -> N
 
 
 def test_the_bytes_held_by_waiting_halves_are_bounded_too() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     join: Joiner[bytes] = Joiner(max_bytes=10, size=len, wait_seconds=5, clock=clock)
     assert join.add("a", "request", b"aaaa") == []
     assert join.add("b", "request", b"bbbb") == []

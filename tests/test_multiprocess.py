@@ -40,19 +40,12 @@ from sidecar.multiprocess import (
 from sidecar.profile import ProfileOptions
 from sidecar.worker import Monitor, Sample
 from tests.asgi import request
+from tests.clock import Clock
 from tests.servers import Workers, eventually, gunicorn_workers, uvicorn_workers
 
 MODEL = {"model": "m"}
 
 Key = tuple[str, frozenset[tuple[str, str]]]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +152,7 @@ def test_a_lower_reading_takes_nothing_back_and_is_not_counted_twice(baseline: B
 def test_syncs_come_once_per_flush_period_and_at_once_when_a_window_closed(
     baseline: Baseline,
 ) -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     monitor, mirror, registry = mirrored(baseline, clock=clock, flush_seconds=1.0)
     mirror.sync()
     monitor.counts.seen = 5

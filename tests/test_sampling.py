@@ -4,14 +4,7 @@ import pytest
 from scipy import stats
 
 from sidecar.sampling import Sampler
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import Clock
 
 
 def offer(sampler: Sampler, n: int, clock: Clock | None = None, per_second: float = 0) -> int:

@@ -38,15 +38,8 @@ from sidecar.tap import (
     decode,
 )
 from sidecar.worker import Sample
+from tests.clock import Clock
 from tests.servers import Workers, eventually, gunicorn_workers, serve, uvicorn_workers
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +196,7 @@ def test_the_ledger_forgets_the_least_recent_process_beyond_its_bound() -> None:
 def test_without_a_sidecar_samples_are_dropped_and_counted_never_raised(
     socket_path: str, closing: list[Any]
 ) -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     sink = sink_to(f"unix://{socket_path}", closing, clock=clock)
     for _ in range(5):
         assert not sink.submit(Sample([b"{}"]))
@@ -217,7 +210,7 @@ def test_without_a_sidecar_samples_are_dropped_and_counted_never_raised(
 
 
 def test_a_sidecar_that_restarts_is_found_again(socket_path: str, closing: list[Any]) -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     sock = receiver(socket_path, closing)
     sink = sink_to(f"unix://{socket_path}", closing, clock=clock)
     assert sink.submit(Sample([b"{}"]))
