@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,10 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import eventually, free_port
+from tests.servers import eventually, free_port, stop
 
 START_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
 INSTALL_HINT = "apt-get install --no-install-recommends prometheus (Debian), as .ci/run does"
 ALERTMANAGER_HINT = (
     "apt-get install --no-install-recommends prometheus-alertmanager (Debian); "
@@ -193,13 +191,7 @@ def run_prometheus(
         yield prometheus
     finally:
         prometheus.close()
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)
 
 
 def _ready(prometheus: Prometheus) -> bool:
@@ -250,9 +242,4 @@ def run_alertmanager(workdir: Path, config: Path) -> Iterator[httpx.Client]:
         yield client
     finally:
         client.close()
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)

@@ -119,6 +119,16 @@ def _running(command: list[str], env: Mapping[str, str], repo: Path) -> Iterator
         server.wait(30)
 
 
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM `process` and wait for it to end; SIGKILL it after STOP_TIMEOUT seconds."""
+    process.terminate()
+    try:
+        process.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
     """Poll `condition` until it holds (True) or `timeout` seconds pass (False)."""
     deadline = time.monotonic() + timeout
