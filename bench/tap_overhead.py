@@ -17,6 +17,10 @@ Drives a Starlette app in-process (no sockets) for N requests per variant:
               to a Unix socket drained by another process (the serving process's
               whole cost of the datagram tap)
 
+--features numeric (the default) sends 32 float features; --features mixed sends
+bench/serving_load.py's request: 24 numeric and 8 categorical string features (40
+values each), so the categorical checks are counted too.
+
 With --callgrind, each variant runs under `valgrind --tool=callgrind` at N and 3N
 requests, and the table shows (Ir(3N) - Ir(N)) / 2N: instructions per request,
 free of start-up cost and machine noise (the garbage collector is off while counting).
@@ -24,6 +28,7 @@ Without it, CPU µs per request (median of interleaved rounds).
 
     python bench/tap_overhead.py                 # CPU time, quick
     python bench/tap_overhead.py --callgrind     # instruction counts (slow)
+    python bench/tap_overhead.py --callgrind --features mixed
 """
 
 from __future__ import annotations
@@ -52,10 +57,19 @@ while True:
     sock.recv(1 << 20)
 """
 FEATURES = 32
+FEATURE_SETS = ("numeric", "mixed")
 CHECKED = ("checked", "outputs")  # the variants whose worker checks, in batches
 
 
-def build(variant: str) -> tuple[Any, Any]:
+def training_rows(features: str, n: int) -> list[dict[str, Any]]:
+    if features == "mixed":
+        from serving_load import training_rows as mixed_rows
+
+        return mixed_rows(n, seed=1)
+    return [{f"f{j}": float((i * 7 + j) % 97) for j in range(FEATURES)} for i in range(n)]
+
+
+def build(variant: str, features: str) -> tuple[Any, Any]:
     import orjson
     from prometheus_client import CollectorRegistry
     from starlette.applications import Starlette
@@ -75,7 +89,7 @@ def build(variant: str) -> tuple[Any, Any]:
         return app, None
     if variant == "noop":
         return NoopMiddleware(app), None
-    rows = [{f"f{j}": float((i * 7 + j) % 97) for j in range(FEATURES)} for i in range(500)]
+    rows = training_rows(features, 500)
     if variant == "outputs":
         for i, row in enumerate(rows):
             row["prediction"] = (i % 10) / 10
@@ -128,16 +142,21 @@ def drained_socket() -> str:
     return f"unix://{path}"
 
 
-def body() -> bytes:
+def body(features: str) -> bytes:
     import orjson
 
+    if features == "mixed":
+        from serving_load import request_body
+
+        return request_body()
     return orjson.dumps({f"f{j}": float(j) + 0.5 for j in range(FEATURES)})
 
 
-async def drive(app: Any, n: int, method: str, monitor: Any = None, batch: int = 0) -> None:
+async def drive(
+    app: Any, n: int, method: str, payload: bytes, monitor: Any = None, batch: int = 0
+) -> None:
     """n requests; with a monitor and a batch size, its queue is checked every `batch`
     requests, as the worker would (same thread: the cost is counted, not overlapped)."""
-    payload = body()
     scope_base = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
         "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
@@ -165,10 +184,11 @@ async def drive(app: Any, n: int, method: str, monitor: Any = None, batch: int =
         monitor.process_pending()
 
 
-def run_variant(variant: str, n: int, batch: int) -> None:
+def run_variant(variant: str, n: int, batch: int, features: str) -> None:
     import gc
 
-    app, monitor = build(variant)
+    app, monitor = build(variant, features)
+    payload = body(features)
     gc.collect()
     # No collections while counting: the count is the path's own instructions. A full
     # collection is one event of millions of instructions, and in the variants whose
@@ -177,23 +197,24 @@ def run_variant(variant: str, n: int, batch: int) -> None:
     gc.disable()
     method = "GET" if variant == "unwatched" else "POST"
     os.getppid()  # callgrind starts counting here (--zero-before=getppid)
-    asyncio.run(drive(app, n, method, monitor, batch if variant in CHECKED else 0))
+    asyncio.run(drive(app, n, method, payload, monitor, batch if variant in CHECKED else 0))
     os.getpgrp()  # and stops here (--dump-before=getpgrp)
 
 
-def cpu_per_request(variant: str, n: int, batch: int) -> float:
-    app, monitor = build(variant)
+def cpu_per_request(variant: str, n: int, batch: int, features: str) -> float:
+    app, monitor = build(variant, features)
+    payload = body(features)
     method = "GET" if variant == "unwatched" else "POST"
     batch = batch if variant in CHECKED else 0
-    asyncio.run(drive(app, 200, method, monitor, batch))  # warm up
+    asyncio.run(drive(app, 200, method, payload, monitor, batch))  # warm up
     if monitor is not None:
         monitor._queue.clear()
     start = time.process_time()
-    asyncio.run(drive(app, n, method, monitor, batch))
+    asyncio.run(drive(app, n, method, payload, monitor, batch))
     return (time.process_time() - start) / n * 1e6
 
 
-def callgrind_instructions(variant: str, n: int, batch: int) -> int:
+def callgrind_instructions(variant: str, n: int, batch: int, features: str) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cg.out")
         cmd = [
@@ -211,6 +232,8 @@ def callgrind_instructions(variant: str, n: int, batch: int) -> int:
             str(n),
             "--batch",
             str(batch),
+            "--features",
+            features,
         ]
         # Same dict layouts in every run; and no OpenBLAS thread pool: its idle threads
         # spin-wait, adding millions of instructions that depend on the schedule.
@@ -232,24 +255,26 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=90, help="samples per worker batch")
+    parser.add_argument("--features", choices=FEATURE_SETS, default="numeric")
     parser.add_argument("--variants", help=f"comma-separated subset of {', '.join(VARIANTS)}")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        run_variant(args.child[0], int(args.child[1]), args.batch)
+        run_variant(args.child[0], int(args.child[1]), args.batch, args.features)
         return
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
     if set(variants) - set(VARIANTS):
         sys.exit(f"unknown variants: {', '.join(sorted(set(variants) - set(VARIANTS)))}")
     if "bare" not in variants:
         variants.insert(0, "bare")
+    described = f"{FEATURES} features" if args.features == "numeric" else "24+8 features"
     if args.callgrind:
         n = args.n or 500
-        print(f"instructions per request, (Ir(3N) - Ir(N)) / 2N with N={n}, {FEATURES} features")
+        print(f"instructions per request, (Ir(3N) - Ir(N)) / 2N with N={n}, {described}")
         base = None
         for variant in variants:
-            high = callgrind_instructions(variant, 3 * n, args.batch)
-            low = callgrind_instructions(variant, n, args.batch)
+            high = callgrind_instructions(variant, 3 * n, args.batch, args.features)
+            low = callgrind_instructions(variant, n, args.batch, args.features)
             per = (high - low) / (2 * n)
             base = base or per
             print(f"{variant:<10} {per:>12,.0f} Ir/request   {per - base:>+10,.0f} vs bare")
@@ -258,10 +283,9 @@ def main() -> None:
     results: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(args.rounds):
         for variant in variants:
-            results[variant].append(cpu_per_request(variant, n, args.batch))
+            results[variant].append(cpu_per_request(variant, n, args.batch, args.features))
     print(
-        f"CPU µs per request, {n} requests, {FEATURES} features, median of {args.rounds} "
-        "interleaved rounds"
+        f"CPU µs per request, {n} requests, {described}, median of {args.rounds} interleaved rounds"
     )
     bare = statistics.median(results["bare"])
     for variant, samples in results.items():

@@ -127,6 +127,15 @@ def content_encoding(headers: Headers) -> str:
     return ""
 
 
+def _identity(headers: Headers) -> bool:
+    """Whether a body is sent as it is (no Content-Encoding): the worker's fast path.
+    Headers it cannot read take the slow path, which counts them."""
+    try:
+        return not content_encoding(headers)
+    except Exception:
+        return False
+
+
 def parse_json(data: bytes) -> Any:
     """orjson, falling back to a parser that reads the NaN/Infinity tokens TF Serving
     clients send and numbers beyond float64 (the values then count as non-finite).
@@ -469,8 +478,7 @@ class Monitor:
             n = min(remaining, self.batch_samples)
             remaining -= n
             if self._recorders is None:
-                for _ in range(n):
-                    self._extract(self._queue.popleft(), requests, responses)
+                self._extract_batch(n, requests, responses)
                 ids = None
             else:
                 ids = self._extract_with_ids(n, requests, responses)
@@ -483,21 +491,64 @@ class Monitor:
                 self.mirror.observe_batch(seconds)
         return processed
 
+    def _extract_batch(self, n: int, requests: list[Any], responses: list[Any]) -> None:
+        """`_extract` of the next n queued samples, with the usual exchange inlined: one
+        chunk each way, no Content-Encoding, a plain record in and one prediction out.
+        The calls this saves were a third of the worker's CPU per sample."""
+        queue = self._queue
+        counts = self.counts
+        loads = orjson.loads
+        plain = self.extractor is None
+        check_responses = self.checks_responses
+        name = self.output_name
+        for _ in range(n):
+            sample = queue.popleft()
+            request = sample.request
+            if not plain or len(request) != 1 or not _identity(sample.headers):
+                self._extract(sample, requests, responses)
+                continue
+            try:
+                body = loads(request[0])
+            except Exception:  # parse_json's fallbacks, and the drop reasons: the slow path
+                self._extract(sample, requests, responses)
+                continue
+            self._bytes_out += sample.size
+            if is_plain_record(body):
+                requests.append(body)
+                reason = ""
+            else:
+                reason = self._body_rows(body, requests)
+            response = sample.response
+            if check_responses and response and 200 <= sample.status < 300:
+                out = None
+                if len(response) == 1 and _identity(sample.response_headers):
+                    try:
+                        out = loads(response[0])
+                    except Exception:
+                        pass  # parsed again below, failures counted there
+                predictions = out.get("predictions") if type(out) is dict else None
+                if (
+                    type(predictions) is list
+                    and len(predictions) == 1
+                    and type(predictions[0]) is not dict
+                ):
+                    responses.append({name: predictions[0]})
+                elif out is not None:
+                    self._output_rows(out, responses)
+                else:
+                    self._response_rows(sample, responses)
+            if reason:
+                _bump(counts.rejected, reason)
+            else:
+                counts.checked += 1
+
     def _extract(self, sample: Sample, requests: list[Any], responses: list[Any]) -> None:
         """The sample's rows; the sample counts once: as checked, or dropped by reason."""
         self._bytes_out += sample.size
         reason = self._request_rows(sample, requests) if sample.request else "empty_body"
         if self.checks_responses and sample.response and 200 <= sample.status < 300:
             n = len(responses)
-            out, problem = self._parse(sample.response, sample.response_headers)
-            if not problem:
-                try:
-                    extracted = extract_response(out, output_name=self.output_name)
-                    if extracted is not None:
-                        responses.extend(extracted.rows)
-                except Exception:
-                    del responses[n:]
-                    self._error("extract")
+            self._response_rows(sample, responses)
             if reason == "empty_body" and len(responses) > n:
                 reason = ""  # a response alone: a CloudEvent exchange without its request
         if reason:
@@ -508,8 +559,10 @@ class Monitor:
     def _request_rows(self, sample: Sample, requests: list[Any]) -> str:
         """Append the request's rows; "" when there were some, else the drop reason."""
         body, problem = self._parse(sample.request, sample.headers)
-        if problem:
-            return problem
+        return problem or self._body_rows(body, requests)
+
+    def _body_rows(self, body: Any, requests: list[Any]) -> str:
+        """Append the rows of a parsed request body; "" or the drop reason."""
         n = len(requests)
         try:
             if self.extractor is not None:
@@ -526,6 +579,22 @@ class Monitor:
             self._error("extract")
             return "monitor_error"
         return "" if len(requests) > n else "no_rows"
+
+    def _response_rows(self, sample: Sample, responses: list[Any]) -> None:
+        """Append the response's output rows; one that cannot be parsed has none."""
+        out, problem = self._parse(sample.response, sample.response_headers)
+        if not problem:
+            self._output_rows(out, responses)
+
+    def _output_rows(self, out: Any, responses: list[Any]) -> None:
+        n = len(responses)
+        try:
+            extracted = extract_response(out, output_name=self.output_name)
+            if extracted is not None:
+                responses.extend(extracted.rows)
+        except Exception:
+            del responses[n:]
+            self._error("extract")
 
     def _extract_with_ids(
         self, n: int, requests: list[Any], responses: list[Any]

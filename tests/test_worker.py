@@ -1,0 +1,153 @@
+"""The worker's batch fast path (`Monitor._extract_batch`) counts and checks exactly what
+the per-sample path (`Monitor._extract`) does, for usual and odd exchanges alike."""
+
+from __future__ import annotations
+
+import gzip
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sidecar import Baseline
+from sidecar.profile import ProfileOptions
+from sidecar.worker import Monitor, Sample
+from tests.hostile import corpus
+
+
+@pytest.fixture(scope="module")
+def baseline() -> Baseline:
+    rows = [
+        {
+            "x": float(i % 100),
+            "y": i % 7,
+            "c": "abc"[i % 3],
+            "d": "uv"[i % 2],
+            "v": [1.0, 2.0],
+            "score": (i % 10) / 10,
+        }
+        for i in range(2000)
+    ]
+    return Baseline.from_records(rows, ProfileOptions(prediction=frozenset({"score"})))
+
+
+def _per_sample(monitor: Monitor) -> Monitor:
+    """The monitor, made to take `_extract` for every sample."""
+
+    def extract_batch(n: int, requests: list[Any], responses: list[Any]) -> None:
+        for _ in range(n):
+            monitor._extract(monitor._queue.popleft(), requests, responses)
+
+    monitor._extract_batch = extract_batch  # type: ignore[method-assign]
+    return monitor
+
+
+def _state(monitor: Monitor) -> dict[str, Any]:
+    counts = monitor.counts
+    out: dict[str, Any] = {
+        "checked": counts.checked,
+        "rejected": counts.rejected,
+        "errors": counts.errors,
+        "bytes": monitor._bytes_out,
+    }
+    for engine in (monitor.requests, monitor.responses):
+        window = engine.window
+        out[f"rows {sorted(engine.checkers)}"] = (window.rows, window.rejected_rows, window.keys)
+        for name, w in window.features.items():
+            out[name] = {
+                k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                for k, v in vars(w).items()
+                if k != "lengths"
+            }
+    return out
+
+
+def _same(baseline: Baseline, samples: list[Sample]) -> None:
+    fast = Monitor(baseline, registry=None, queue_size=100_000)
+    slow = _per_sample(Monitor(baseline, registry=None, queue_size=100_000))
+    for monitor in (fast, slow):
+        for sample in samples:
+            monitor.submit(sample)
+        assert monitor.process_pending() == len(samples)
+    assert _state(fast) == _state(slow)
+
+
+_scalar = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from(["a", "b", "zz", "7"])
+)
+_record = st.fixed_dictionaries(
+    {"x": _scalar, "y": _scalar, "c": _scalar, "d": _scalar, "v": st.lists(_scalar, max_size=3)},
+    optional={"extra": _scalar, "instances": st.lists(_scalar, max_size=2)},
+)
+_request = _record | st.lists(_record, max_size=3) | st.fixed_dictionaries({"x": _scalar}) | _scalar
+_prediction = _scalar | st.lists(_scalar, max_size=2) | st.dictionaries(st.just("score"), _scalar)
+_response = (
+    st.builds(lambda p: {"predictions": p}, st.lists(_prediction, max_size=3))
+    | st.builds(lambda p: {"predictions": p, "model": "m"}, st.lists(_prediction, max_size=2))
+    | st.builds(lambda p: {"outputs": p}, st.lists(_prediction, max_size=2))
+    | _prediction
+)
+# Mostly the usual exchange (one plain chunk): the fast path must see most samples.
+_headers = st.sampled_from(["", "", "", "", "gzip", "br", "identity", "bad"])
+_chunks = st.sampled_from([1, 1, 1, 0, 2])
+
+
+def _encode(document: Any, encoding: str, chunks: int) -> tuple[list[bytes], list[Any]]:
+    try:
+        data = orjson.dumps(document)
+    except orjson.JSONEncodeError:  # integers beyond 64 bits: json reads them
+        data = repr(document).encode()
+    data = data.replace(b"nan", b"NaN").replace(b"inf", b"Infinity")
+    headers: list[Any] = [(b"content-type", b"application/json")]
+    if encoding == "bad":
+        headers.append((b"content-encoding",))  # unreadable: counted by the slow path
+    elif encoding:
+        headers.append((b"Content-Encoding", encoding.encode()))
+        if encoding == "gzip":
+            data = gzip.compress(data)
+    cut = len(data) // max(chunks, 1)
+    parts = [data] if chunks <= 1 else [data[:cut], data[cut:]]
+    return parts if chunks else [], headers
+
+
+@st.composite
+def _samples(draw: st.DrawFn) -> Sample:
+    request, headers = _encode(draw(_request), draw(_headers), draw(_chunks))
+    response, response_headers = _encode(draw(_response), draw(_headers), draw(_chunks))
+    if draw(st.integers(0, 7)) == 0:
+        request = [b"{not json"] if draw(st.booleans()) else [b""]
+    if draw(st.integers(0, 7)) == 0:
+        response = [b"[1, "]
+    status = draw(st.sampled_from([200, 200, 201, 400, 500]))
+    return Sample(request, response, status, headers, response_headers)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_samples(), max_size=12))
+def test_the_batch_fast_path_counts_exactly_what_the_per_sample_path_counts(
+    baseline: Baseline, samples: list[Sample]
+) -> None:
+    _same(baseline, samples)
+
+
+def test_the_usual_exchange_takes_the_fast_path_and_counts_the_same(baseline: Baseline) -> None:
+    row = {"x": 3.0, "y": 2, "c": "a", "d": "u", "v": [1.0, 2.0]}
+    samples = [
+        Sample([orjson.dumps(row)], [b'{"predictions":[0.5]}'], 200, [], []) for _ in range(5)
+    ]
+    _same(baseline, samples)
+
+
+def test_the_hostile_corpus_is_counted_the_same_on_both_paths(baseline: Baseline) -> None:
+    samples = [
+        Sample(list(body.chunks), [b'{"predictions":[0.1]}'], 200, body.headers, [])
+        for body in corpus(300, seed=3)
+    ]
+    _same(baseline, samples)
