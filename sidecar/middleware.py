@@ -308,6 +308,24 @@ def _load(source: BaselineSource, model: str) -> Baseline:
         raise BaselineError(f"SkewMiddleware(model={model!r}): {exc}") from None
 
 
+Chunks: TypeAlias = "tuple[bytes, ...] | list[bytes]"
+
+
+def _kept(chunks: Chunks, body: bytes) -> Chunks:
+    """`chunks` and `body`: a tuple while there are few chunks (most bodies have one), a
+    list beyond (appends stay linear however many chunks a client sends).
+
+    Tuples because samples wait in the queue for up to a second: the cyclic GC stops
+    tracking a tuple of bytes at its first collection, but every list a queued sample
+    holds is promoted with it to the older generations, whose collections take
+    milliseconds on the serving thread and come sooner the more they are given.
+    """
+    if type(chunks) is tuple:
+        return (*chunks, body) if len(chunks) < 8 else [*chunks, body]
+    chunks.append(body)  # type: ignore[union-attr]
+    return chunks
+
+
 class _Tap:
     """Per-request state: references to body chunks and header lists, never copies.
 
@@ -347,15 +365,16 @@ class _Tap:
         self.limit = limit
         self._receive = receive
         self._send = send
-        self.request: list[bytes] = []
+        self.request: Chunks = ()
         self.request_size = 0
         self.request_done = False
-        self.response: list[bytes] = []
+        self.response: Chunks = ()
         self.response_size = 0
         self.status = 0
         self.overflow = False
         self.finished = False
-        self.headers = scope["headers"]  # read in the worker (Content-Encoding)
+        # Read in the worker (Content-Encoding); tuples, not the server's lists (_kept).
+        self.headers = tuple(scope["headers"])
         self.response_headers: Any = ()
 
     async def receive(self) -> Message:
@@ -368,7 +387,7 @@ class _Tap:
                     if body:
                         self.request_size += len(body)
                         if self.request_size <= self.limit:
-                            self.request.append(body)
+                            self.request = _kept(self.request, body)
                         else:
                             self.overflow = True
                     if not message.get("more_body", False):
@@ -390,12 +409,12 @@ class _Tap:
                 if body:
                     self.response_size += len(body)
                     if self.response_size <= self.limit:
-                        self.response.append(body)
+                        self.response = _kept(self.response, body)
                 if not message.get("more_body", False):
                     self.finish()
             elif kind == "http.response.start":
                 self.status = message["status"]
-                self.response_headers = message.get("headers", ())
+                self.response_headers = tuple(message.get("headers", ()))
         except Exception:
             self.monitor._error("worker")
 

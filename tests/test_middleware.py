@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from pathlib import Path
@@ -596,3 +597,30 @@ def test_scrapes_reuse_the_running_totals_until_rows_are_checked(baseline: Basel
     assert second[0].rows == 2
     monitor.close_window()
     assert monitor.snapshot().totals[0].rows == 2
+
+
+def test_queued_samples_leave_the_garbage_collector_little_to_promote(baseline: Baseline) -> None:
+    # Samples wait up to a second for the worker: what the GC still tracks in them after a
+    # young collection moves to the older generations, whose collections are long.
+    mw, _ = tap(baseline)
+    mw.monitor._thread = threading.Thread()  # "started", never run: samples stay queued
+    n = 300
+
+    async def run() -> None:
+        for _ in range(n):
+            # A server builds new header lists per request (uvicorn, hypercorn).
+            headers = [(b"content-type", b"application/json"), (b"user-agent", b"test")]
+            await request(mw, chunks=[body({"x": 1.0, "c": "a"})], headers=headers)
+
+    try:
+        gc.collect()
+        before = len(gc.get_objects())
+        asyncio.run(run())
+        gc.collect(0)
+        tracked = len(gc.get_objects()) - before
+        assert len(mw.monitor._queue) == n
+        assert all(s.response for s in mw.monitor._queue)  # responses are kept too
+    finally:
+        mw.monitor._queue.clear()
+        mw.monitor._thread = None
+    assert tracked <= 2.5 * n  # the Sample (its chunks and headers are tuples of bytes)
