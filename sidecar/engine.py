@@ -10,7 +10,7 @@ accumulated window to `report.build_report`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import chain, repeat
 from operator import itemgetter
 from typing import Any
@@ -531,8 +531,9 @@ class Engine:
         self._getter = _getter(list(self.checkers))
         self._skip_fast = 0
 
-    def check(self, rows: Sequence[Any]) -> None:
-        """Accumulate a batch of rows (dicts) into the current window."""
+    def check(self, rows: Sequence[Any], pause: Callable[[], None] | None = None) -> None:
+        """Accumulate a batch of rows (dicts) into the current window. `pause` is called
+        between features (the worker offers the GIL there when its slice is up)."""
         if not set(map(type, rows)) <= _DICTS:
             kept = [row for row in rows if isinstance(row, dict)]
             self.window.rejected_rows += len(rows) - len(kept)
@@ -554,6 +555,8 @@ class Engine:
             else:
                 names, getter = list(self.checkers), self._getter
             for name, column in zip(names, self._columns(rows, names, getter), strict=True):
+                if pause is not None:
+                    pause()
                 self.checkers[name].check(column, window.features[name])
         present = n * len(self.checkers) - (sum(w.absent for w in features) - absent_before)
         if keys > present:  # keys beyond the checked features: skipped ones are not unknown

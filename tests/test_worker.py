@@ -4,6 +4,7 @@ the per-sample path (`Monitor._extract`) does, for usual and odd exchanges alike
 from __future__ import annotations
 
 import gzip
+import time
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar import Baseline
+from sidecar import Baseline, worker
 from sidecar.profile import ProfileOptions
 from sidecar.worker import Monitor, Sample
 from tests.hostile import corpus
@@ -151,3 +152,24 @@ def test_the_hostile_corpus_is_counted_the_same_on_both_paths(baseline: Baseline
         for body in corpus(300, seed=3)
     ]
     _same(baseline, samples)
+
+
+def test_the_worker_offers_the_gil_once_per_slice_of_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    offers: list[float] = []
+    monkeypatch.setattr(worker, "_offer_gil", lambda: offers.append(time.perf_counter()))
+    baseline = Baseline.from_records([{"x": float(i), "c": "ab"[i % 2]} for i in range(200)])
+    body = orjson.dumps({"x": 1.0, "c": "a"})
+
+    def offered(slice_seconds: float, n: int = 200) -> int:
+        offers.clear()
+        monitor = Monitor(baseline, registry=None, gil_slice_seconds=slice_seconds)
+        for _ in range(n):
+            monitor.submit(Sample((body,)))
+        monitor.process_pending()
+        assert monitor.counts.checked == n
+        return len(offers)
+
+    # Every pause point is due with no slice: one offer per sample and per feature.
+    assert offered(0.0) >= 200 + 2
+    # A slice longer than the batch: never.
+    assert offered(60.0) == 0
