@@ -18,6 +18,10 @@ medians; ratios are medians of per-round ratios against the no-op middleware.
                         its CPU is reported in its own column
   sink-1.0-apart        the same with the sidecar on core 1 (beside wrk, nice 19): the
                         serving process's cost when the checker has a core of its own
+  skew-0.1-tap-only     skew-0.1 whose queue refuses every sample: sampling, the body
+                        tee and the Sample, nothing queued or checked
+  skew-0.1-queue-only   skew-0.1 whose worker drains the queue without checking: the
+                        cost of queueing, waking the worker and keeping samples a while
   skew-1.0+scrape       skew-1.0 while a thread GETs /metrics once a second
                         (sidecar.metrics_app: renders in a thread)
   skew-1.0+scrape-prom  the same with prometheus_client's make_asgi_app (renders on
@@ -72,7 +76,7 @@ NUMERIC = 24
 CATEGORICAL = 8
 SERVER_VARIANTS = (
     "bare", "noop", "skew-0.1", "skew-1.0", "skew-all", "sink-0.1", "sink-1.0",
-    "sink-1.0-apart", "exporter",
+    "sink-1.0-apart", "exporter", "skew-0.1-tap-only", "skew-0.1-queue-only",
 )  # fmt: skip
 
 
@@ -88,6 +92,8 @@ SKEW_OPTIONS: dict[str, SkewOptions] = {
     "sink-0.1": {"sample_rate": 0.1},
     "sink-1.0": {"sample_rate": 1.0},
     "sink-1.0-apart": {"sample_rate": 1.0},
+    "skew-0.1-tap-only": {"sample_rate": 0.1},
+    "skew-0.1-queue-only": {"sample_rate": 0.1},
 }
 # run name -> (server variant, path scraped once a second during the run, or None)
 RUNS: dict[str, tuple[str, str | None]] = {
@@ -113,6 +119,32 @@ class NoopMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
+
+
+def _tap_only(app: ASGIApp, **options: Any) -> ASGIApp:
+    """SkewMiddleware whose monitor refuses every sample (counted as queue_full)."""
+    from sidecar import SkewMiddleware
+
+    middleware = SkewMiddleware(app, **options)
+    middleware.monitor._limit = 0  # type: ignore[union-attr]
+    return middleware
+
+
+def _queue_only(app: ASGIApp, **options: Any) -> ASGIApp:
+    """SkewMiddleware whose worker takes samples off the queue and checks nothing."""
+    from sidecar import SkewMiddleware
+
+    middleware = SkewMiddleware(app, **options)
+    monitor: Any = middleware.monitor
+
+    def discard() -> int:
+        n = len(monitor._queue)
+        for _ in range(n):
+            monitor._bytes_out += monitor._queue.popleft().size
+        return n
+
+    monitor.process_pending = discard
+    return middleware
 
 
 def score(row: dict[str, Any]) -> float:
@@ -161,8 +193,14 @@ def build_app(variant: str, baseline_path: str) -> ASGIApp:
         routes.append(Mount("/metrics", metrics_app(registry)))
         routes.append(Mount("/metrics-prom", make_asgi_app(registry)))
         options = SKEW_OPTIONS[variant]
+        kind = {"skew-0.1-tap-only": _tap_only, "skew-0.1-queue-only": _queue_only}
         middleware.append(
-            Middleware(SkewMiddleware, baseline=baseline_path, registry=registry, **options)
+            Middleware(
+                kind.get(variant, SkewMiddleware),
+                baseline=baseline_path,
+                registry=registry,
+                **options,
+            )
         )
     elif variant != "bare":
         raise ValueError(f"unknown variant {variant!r}; expected one of {SERVER_VARIANTS}")
