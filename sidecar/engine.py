@@ -42,6 +42,7 @@ ABSENT: Any = _Absent()
 _NUMBER_TYPES = frozenset({int, float})
 _MISSING_TYPES = frozenset({type(None), _Absent})
 _DICTS = frozenset({dict})
+BLOCK_ROWS = 32  # rows the numeric block gathers between two pauses
 # What a mismatched value was, for the diagnosis ("numbers arriving as strings").
 MISMATCH_TYPES = ("number_string", "string", "int", "float", "bool", "list", "dict", "other")
 _MISMATCH_SLOT = {int: 2, float: 3, bool: 4, list: 5, dict: 6}
@@ -177,18 +178,32 @@ class NumericBlock:
         self.offsets = (np.arange(len(self.checkers)) * self.width)[:, None]
         self.discrete = [j for j, c in enumerate(self.checkers) if c.values_bins is not None]
 
-    def check(self, rows: Sequence[dict[str, Any]], windows: Mapping[str, FeatureWindow]) -> bool:
-        try:
-            values = list(map(self.getter, rows))
-        except KeyError:
-            return False
-        if not set(map(type, chain.from_iterable(values))) <= _NUMBER_TYPES:
-            return False
+    def check(
+        self,
+        rows: Sequence[dict[str, Any]],
+        windows: Mapping[str, FeatureWindow],
+        pause: Callable[[], None] | None = None,
+    ) -> bool:
         n, k = len(rows), len(self.checkers)
-        try:
-            x = np.fromiter(chain.from_iterable(values), np.float64, n * k).reshape(n, k)
-        except OverflowError:
-            return False
+        x = np.empty((n, k), dtype=np.float64)
+        # Gathered in chunks of rows, with `pause` between them: this per-value part is
+        # most of the block's time, and the worker offers the GIL only where it pauses.
+        for start in range(0, n, BLOCK_ROWS):
+            try:
+                values = list(map(self.getter, rows[start : start + BLOCK_ROWS]))
+            except KeyError:
+                return False
+            if not set(map(type, chain.from_iterable(values))) <= _NUMBER_TYPES:
+                return False
+            m = len(values)
+            try:
+                x[start : start + m] = np.fromiter(
+                    chain.from_iterable(values), np.float64, m * k
+                ).reshape(m, k)
+            except OverflowError:
+                return False
+            if pause is not None:
+                pause()
         if not np.isfinite(x).all():
             return False
         below, above = x < self.min, x > self.max
@@ -550,7 +565,7 @@ class Engine:
         absent_before = sum(w.absent for w in features)
         # Huge finite values may overflow the squared sums: inf is the honest result.
         with np.errstate(over="ignore", invalid="ignore"):
-            if self.block is not None and self.block.check(rows, window.features):
+            if self.block is not None and self.block.check(rows, window.features, pause):
                 names, getter = self._rest, self._rest_getter
             else:
                 names, getter = list(self.checkers), self._getter

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -9,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidecar.baseline import Baseline
-from sidecar.engine import Engine, FeatureWindow
+from sidecar.engine import BLOCK_ROWS, Engine, FeatureWindow
 from sidecar.profile import ProfileOptions, profile_records
 
 
@@ -302,9 +303,9 @@ _wide_row = st.fixed_dictionaries(
 
 @settings(max_examples=80, deadline=None)
 @given(
-    rows=st.lists(_wide_row, min_size=1, max_size=60),
+    rows=st.lists(_wide_row, min_size=1, max_size=100),  # several of the block's chunks
     odd=st.sampled_from([None, "7", math.inf, True, 10**400, "absent"]),
-    where=st.integers(0, 59),
+    where=st.integers(0, 99),
 )
 def test_the_numeric_block_counts_exactly_what_the_per_feature_path_counts(
     wide_baseline: Baseline, rows: list[dict[str, Any]], odd: Any, where: int
@@ -320,7 +321,10 @@ def test_the_numeric_block_counts_exactly_what_the_per_feature_path_counts(
     for batch in batches:
         block = Engine(wide_baseline)
         assert block.block is not None
-        block.check(batch)
+        pauses: list[None] = []
+        block.check(batch, functools.partial(pauses.append, None))  # as the worker paces
+        if batch is rows:  # clean: the block pauses after each chunk it gathers
+            assert len(pauses) >= -(-len(batch) // BLOCK_ROWS)
         per_feature = Engine(wide_baseline)
         per_feature.block = None
         per_feature.check(batch)
