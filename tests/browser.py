@@ -7,8 +7,6 @@ it (.ci/run) and must not skip silently.
 
 from __future__ import annotations
 
-import os
-import shutil
 import struct
 import subprocess
 import zlib
@@ -17,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import pytest
+
+from tests.tools import required
 
 INSTALL_HINT = "apt-get install --no-install-recommends chromium (Debian), as .ci/run does"
 RUN_TIMEOUT = 120.0  # a cold start on a busy machine takes seconds
@@ -36,13 +35,7 @@ FLAGS = (
 
 def chromium() -> str:
     """The path of the chromium binary; skips, or fails under CI."""
-    path = shutil.which("chromium")
-    if path is None:
-        message = f"chromium is not installed: {INSTALL_HINT}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI must run the browser tests, not skip them")
-        pytest.skip(message)
-    return path
+    return required("chromium", hint=INSTALL_HINT, tests="browser")
 
 
 def headless(url: str, profile: Path, *args: str) -> str:

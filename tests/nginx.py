@@ -13,7 +13,6 @@ Upstreams that stall: `silent_server()` accepts connections, reads, and never an
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -22,9 +21,8 @@ from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from tests.servers import STOP_TIMEOUT, eventually, free_port, stop
+from tests.tools import required
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "deploy" / "nginx" / "skew-mirror.conf"
@@ -40,13 +38,7 @@ START_TIMEOUT = 10.0
 
 def nginx_binary() -> str:
     """The path of the nginx binary; skips, or fails under CI."""
-    path = shutil.which("nginx") or shutil.which("nginx", path=SBIN)
-    if path is None:
-        message = f"nginx is not installed: {INSTALL_HINT}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI must run the nginx tests, not skip them")
-        pytest.skip(message)
-    return path
+    return required("nginx", hint=INSTALL_HINT, tests="nginx", also_in=SBIN)
 
 
 def mirror_conf(port: int, model_server: str, sidecar: str) -> str:

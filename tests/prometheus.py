@@ -9,8 +9,6 @@ under CI (the CI variable set), where a missing binary fails them: CI installs i
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.servers import eventually, free_port, stop
+from tests.tools import required
 
 START_TIMEOUT = 30.0
 INSTALL_HINT = "apt-get install --no-install-recommends prometheus (Debian), as .ci/run does"
@@ -35,25 +33,12 @@ Sample = dict[str, Any]  # one element of an instant vector: {"metric": {...}, "
 
 def binary(name: str) -> str:
     """The path of a Prometheus binary (prometheus, promtool); skips, or fails under CI."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed: {INSTALL_HINT}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI must run the Prometheus tests, not skip them")
-        pytest.skip(message)
-    return path
+    return required(name, hint=INSTALL_HINT, tests="Prometheus")
 
 
 def alertmanager_binary(*names: str) -> str:
     """The first of `names` on PATH; skips, or fails under CI (the CI variable set)."""
-    for name in names:
-        path = shutil.which(name)
-        if path is not None:
-            return path
-    message = f"{' or '.join(names)} is not installed: {ALERTMANAGER_HINT}"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}; CI must run the Alertmanager tests, not skip them")
-    pytest.skip(message)
+    return required(*names, hint=ALERTMANAGER_HINT, tests="Alertmanager")
 
 
 class Prometheus:
