@@ -315,10 +315,7 @@ def _kept(chunks: Chunks, body: bytes) -> Chunks:
     """`chunks` and `body`: a tuple while there are few chunks (most bodies have one), a
     list beyond (appends stay linear however many chunks a client sends).
 
-    Tuples because samples wait in the queue for up to a second: the cyclic GC stops
-    tracking a tuple of bytes at its first collection, but every list a queued sample
-    holds is promoted with it to the older generations, whose collections take
-    milliseconds on the serving thread and come sooner the more they are given.
+    Tuples because samples wait in the queue for up to a second: see `Monitor.submit`.
     """
     if type(chunks) is tuple:
         return (*chunks, body) if len(chunks) < 8 else [*chunks, body]
@@ -373,8 +370,7 @@ class _Tap:
         self.status = 0
         self.overflow = False
         self.finished = False
-        # Read in the worker (Content-Encoding); tuples, not the server's lists (_kept).
-        self.headers = tuple(scope["headers"])
+        self.headers = scope["headers"]  # read in the worker (Content-Encoding)
         self.response_headers: Any = ()
 
     async def receive(self) -> Message:
@@ -414,7 +410,7 @@ class _Tap:
                     self.finish()
             elif kind == "http.response.start":
                 self.status = message["status"]
-                self.response_headers = tuple(message.get("headers", ()))
+                self.response_headers = message.get("headers", ())
         except Exception:
             self.monitor._error("worker")
 

@@ -378,6 +378,12 @@ class Monitor:
         ):
             _bump(self.counts.dropped, "monitor_disabled" if self.disabled else "queue_full")
             return False
+        # Queued samples wait up to a second. The cyclic GC stops tracking a tuple of
+        # bytes at its first collection, but a list (the server's header lists) is
+        # promoted with the sample to the older generations, whose collections take
+        # milliseconds on the serving thread and come sooner the more they are given.
+        sample.headers = tuple(sample.headers)
+        sample.response_headers = tuple(sample.response_headers)
         self._bytes_in += size
         self._queue.append(sample)
         self.counts.sampled += 1
