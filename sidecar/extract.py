@@ -114,6 +114,15 @@ def is_plain_record(body: Any) -> bool:
     )
 
 
+def is_plain_prediction(body: Any) -> bool:
+    """Whether `extract_response` reads `body` as `{"predictions": [x]}` with x not an
+    object: one row, `{output_name: x}`. The worker's fast path for the usual response."""
+    if type(body) is not dict:
+        return False
+    predictions = body.get("predictions")
+    return type(predictions) is list and len(predictions) == 1 and type(predictions[0]) is not dict
+
+
 def extract_response(body: Any, *, output_name: str = "prediction") -> Extracted | None:
     """Output rows of a response body, or None when it has no usable output.
 

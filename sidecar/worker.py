@@ -28,7 +28,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from .baseline import SCHEMA_VERSION, Baseline
 from .engine import Engine, Window
 from .evidence import EvidenceLog, EvidenceOptions, Recorder, Redactor, request_id
-from .extract import extract_request, extract_response, is_plain_record
+from .extract import extract_request, extract_response, is_plain_prediction, is_plain_record
 from .metrics import BATCH_BUCKETS, MonitorSnapshot, collector_for
 from .multiprocess import Mirror
 from .reload import BaselineFile, carry, unchanged
@@ -109,9 +109,9 @@ class Pacer:
     The worker calls `tick()` where it may pause (before each sample it parses, between
     the features it checks), so the serving thread rarely waits on it for much more than
     a slice, whatever the batch size. A tick that is not due costs one clock read.
-    Measured with `python bench/worker_stalls.py`: event-loop stalls over 0.6 ms caused
-    by the worker halved (37 to 18 in 6 s at 870 samples/s) against offering the GIL
-    once per 128 samples."""
+    Measured with `python bench/worker_stalls.py --other <checkout>`: event-loop stalls
+    over 0.6 ms caused by the worker went from 40 to 21 in 6 s at 870 samples/s against
+    offering the GIL once per 128 samples (and to 3 once the numeric block paused too)."""
 
     __slots__ = ("since", "slice")
 
@@ -546,26 +546,17 @@ class Monitor:
                 self._extract(sample, requests, responses)
                 continue
             self._bytes_out += sample.size
-            if is_plain_record(body):
-                requests.append(body)
-                reason = ""
-            else:
-                reason = self._body_rows(body, requests)
+            reason = self._body_rows(body, requests)
             response = sample.response
             if check_responses and response and 200 <= sample.status < 300:
-                out = None
+                out: Any = None
                 if len(response) == 1 and _identity(sample.response_headers):
                     try:
                         out = loads(response[0])
                     except Exception:
                         pass  # parsed again below, failures counted there
-                predictions = out.get("predictions") if type(out) is dict else None
-                if (
-                    type(predictions) is list
-                    and len(predictions) == 1
-                    and type(predictions[0]) is not dict
-                ):
-                    responses.append({name: predictions[0]})
+                if is_plain_prediction(out):
+                    responses.append({name: out["predictions"][0]})
                 elif out is not None:
                     self._output_rows(out, responses)
                 else:

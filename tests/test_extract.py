@@ -13,6 +13,7 @@ from sidecar.extract import (
     Extracted,
     extract_request,
     extract_response,
+    is_plain_prediction,
     is_plain_record,
     rows_from_body,
 )
@@ -484,6 +485,23 @@ def test_a_plain_record_is_exactly_what_extraction_reads_as_one_record(body: Any
     if is_plain_record(body):
         assert extract_request(body) == Extracted([body], "records")
         assert extract_request(body, names=["a", "b"]) == Extracted([body], "records")
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(JSON | st.fixed_dictionaries({"predictions": st.lists(JSON, max_size=2)}))
+def test_a_plain_prediction_is_exactly_what_extraction_reads_as_one_output(body: Any) -> None:
+    # The worker's fast path must agree with the full extraction on every body it takes.
+    if is_plain_prediction(body):
+        value = body["predictions"][0]
+        assert extract_response(body, output_name="p") == Extracted([{"p": value}], "predictions")
+
+
+def test_one_unnamed_prediction_is_plain_and_other_outputs_are_not() -> None:
+    assert is_plain_prediction({"predictions": [0.25]})
+    assert not is_plain_prediction({"predictions": [0.25, 0.5]})
+    assert not is_plain_prediction({"predictions": [{"score": 0.25}]})
+    assert not is_plain_prediction({"outputs": [0.25]})
+    assert not is_plain_prediction([0.25])
 
 
 def test_the_usual_flat_request_is_a_plain_record_and_envelopes_are_not() -> None:
