@@ -48,6 +48,10 @@ MISMATCH_TYPES = ("number_string", "string", "int", "float", "bool", "list", "di
 _MISMATCH_SLOT = {int: 2, float: 3, bool: 4, list: 5, dict: 6}
 
 
+def _no_pause() -> None:
+    """The default `pause` of the checks: run straight through (offline checks)."""
+
+
 class FeatureWindow:
     """Counts for one feature over one window; every field is a plain sum."""
 
@@ -182,7 +186,7 @@ class NumericBlock:
         self,
         rows: Sequence[dict[str, Any]],
         windows: Mapping[str, FeatureWindow],
-        pause: Callable[[], None] | None = None,
+        pause: Callable[[], None] = _no_pause,
     ) -> bool:
         n, k = len(rows), len(self.checkers)
         x = np.empty((n, k), dtype=np.float64)
@@ -202,8 +206,7 @@ class NumericBlock:
                 ).reshape(m, k)
             except OverflowError:
                 return False
-            if pause is not None:
-                pause()
+            pause()
         if not np.isfinite(x).all():
             return False
         below, above = x < self.min, x > self.max
@@ -546,7 +549,7 @@ class Engine:
         self._getter = _getter(list(self.checkers))
         self._skip_fast = 0
 
-    def check(self, rows: Sequence[Any], pause: Callable[[], None] | None = None) -> None:
+    def check(self, rows: Sequence[Any], pause: Callable[[], None] = _no_pause) -> None:
         """Accumulate a batch of rows (dicts) into the current window. `pause` is called
         between features (the worker offers the GIL there when its slice is up)."""
         if not set(map(type, rows)) <= _DICTS:
@@ -570,8 +573,7 @@ class Engine:
             else:
                 names, getter = list(self.checkers), self._getter
             for name, column in zip(names, self._columns(rows, names, getter), strict=True):
-                if pause is not None:
-                    pause()
+                pause()
                 self.checkers[name].check(column, window.features[name])
         present = n * len(self.checkers) - (sum(w.absent for w in features) - absent_before)
         if keys > present:  # keys beyond the checked features: skipped ones are not unknown
