@@ -4,10 +4,15 @@ Each variant is its own uvicorn process (one worker, no access log) pinned to co
 with `taskset -c 0`; wrk (closed loop) and this script are pinned to core 1. Servers not
 being measured are stopped (SIGSTOP), so only one runs on core 0 at a time. Variants
 run interleaved for several rounds (the order rotates each round) and the tables show
-medians; ratios are medians of per-round ratios against the no-op middleware.
+medians; ratios are medians of per-round ratios against the no-op middleware, with a
+95 % interval for that median (order statistics: no assumption on the distribution).
 
   bare          the Starlette app alone
   noop          a pass-through pure-ASGI middleware: the floor for any middleware
+  noop-loaded   noop in a process that imported sidecar and holds the baseline, and
+                runs none of it: what the library's presence alone costs
+  skew-0.0      SkewMiddleware, sample_rate=0: each request's sampling decision, and
+                no request sampled
   skew-0.1      SkewMiddleware, sample_rate=0.1
   skew-1.0      SkewMiddleware, sample_rate=1.0 (default max_samples_per_second=1000)
   skew-all      SkewMiddleware, sample_rate=1.0, max_samples_per_second=1e9: every
@@ -75,8 +80,8 @@ SINK_ENV = "SERVING_LOAD_SINK"
 NUMERIC = 24
 CATEGORICAL = 8
 SERVER_VARIANTS = (
-    "bare", "noop", "skew-0.1", "skew-1.0", "skew-all", "sink-0.1", "sink-1.0",
-    "sink-1.0-apart", "exporter", "skew-0.1-tap-only", "skew-0.1-queue-only",
+    "bare", "noop", "noop-loaded", "skew-0.0", "skew-0.1", "skew-1.0", "skew-all", "sink-0.1",
+    "sink-1.0", "sink-1.0-apart", "exporter", "skew-0.1-tap-only", "skew-0.1-queue-only",
 )  # fmt: skip
 
 
@@ -86,6 +91,7 @@ class SkewOptions(TypedDict, total=False):
 
 
 SKEW_OPTIONS: dict[str, SkewOptions] = {
+    "skew-0.0": {"sample_rate": 0.0},
     "skew-0.1": {"sample_rate": 0.1},
     "skew-1.0": {"sample_rate": 1.0},
     "skew-all": {"sample_rate": 1.0, "max_samples_per_second": 1e9},
@@ -119,6 +125,9 @@ class NoopMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
+
+
+LOADED: list[Any] = []  # noop-loaded's baseline
 
 
 def _tap_only(app: ASGIApp, **options: Any) -> ASGIApp:
@@ -175,6 +184,11 @@ def build_app(variant: str, baseline_path: str) -> ASGIApp:
     routes: list[BaseRoute] = [Route("/predict", predict, methods=["POST"])]
     middleware: list[Middleware] = []
     if variant == "noop":
+        middleware.append(Middleware(NoopMiddleware))
+    elif variant == "noop-loaded":
+        from sidecar import Baseline
+
+        LOADED.append(Baseline.load(baseline_path))  # kept, and never used
         middleware.append(Middleware(NoopMiddleware))
     elif variant == "exporter":
         from starlette_exporter import PrometheusMiddleware, handle_metrics
@@ -705,7 +719,33 @@ def median(values: list[float]) -> float:
 
 def paired_ratio(a: list[float], b: list[float]) -> float:
     """Median of per-round ratios: noise shared by a round cancels."""
-    return median([x / y for x, y in zip(a, b, strict=True)])
+    return median(ratios(a, b))
+
+
+def ratios(a: list[float], b: list[float]) -> list[float]:
+    return [x / y for x, y in zip(a, b, strict=True)]
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median: the order statistics x(k) and
+    x(n+1-k), with k the largest for which P(k <= Binomial(n, 1/2) <= n - k) >= confidence.
+    Server processes differ by a few percent from one start to the next, so the median of
+    a handful of rounds moves by about as much as the effects measured here: the interval
+    says how far. (NaN, NaN) when there are too few rounds for that confidence."""
+    xs = sorted(v for v in values if not math.isnan(v))
+    n = len(xs)
+    k = 0
+    for j in range(1, n // 2 + 1):
+        outside = sum(math.comb(n, i) for i in range(j)) * 2 / 2**n
+        if 1 - outside < confidence:
+            break
+        k = j
+    return (xs[k - 1], xs[n - k]) if k else (math.nan, math.nan)
+
+
+def interval(values: list[float]) -> str:
+    low, high = median_interval(values)
+    return "" if math.isnan(low) else f"{low:.3f}–{high:.3f}"
 
 
 def rotated(names: list[str], r: int) -> list[str]:
@@ -724,10 +764,23 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), rule, *(line(row) for row in rows)])
 
 
-def goal(label: str, value: float, target: float, higher_is_better: bool, extra: str = "") -> str:
+def goal(
+    label: str, values: list[float], target: float, higher_is_better: bool, extra: str = ""
+) -> str:
+    """The verdict on the median, and whether the 95 % interval decides it."""
+    value = median(values)
+    low, high = median_interval(values)
     met = value >= target if higher_is_better else value <= target
     sign = ">=" if higher_is_better else "<="
     verdict = "met" if met else "MISSED"
+    if math.isnan(low):
+        verdict += " (too few rounds for a 95 % interval)"
+    elif (low >= target if higher_is_better else high <= target) or not (
+        high >= target if higher_is_better else low <= target
+    ):
+        verdict += f" (95 % interval {low:.3f}–{high:.3f})"
+    else:
+        verdict += f" (undecided: 95 % interval {low:.3f}–{high:.3f} holds {target:.2f})"
     return f"- {label}: {value:.3f}x{extra} (goal {sign} {target:.2f}x): {verdict}"
 
 
@@ -954,6 +1007,7 @@ def report(
             name,
             f"{median([x.rps for x in runs]):,.0f}",
             f"{paired_ratio([x.rps for x in runs], [x.rps for x in noop]):.3f}",
+            interval(ratios([x.rps for x in runs], [x.rps for x in noop])),
             f"{paired_ratio([x.cpu_us for x in noop], [x.cpu_us for x in runs]):.3f}",
             f"{median([x.p50_ms for x in runs]):.2f}",
             f"{median([x.p99_ms for x in runs]):.2f}",
@@ -967,9 +1021,9 @@ def report(
             noise(runs),
             str(sum(x.errors for x in runs)),
         ])  # fmt: skip
-    header = ["variant", "req/s (median)", "ratio vs noop", "CPU ratio", "p50 ms", "p99 ms"]
-    header += ["p99.9 ms", "CPU µs/req", "off-loop µs/req", "sidecar µs/req", "checked"]
-    header += ["samples/batch"]
+    header = ["variant", "req/s (median)", "ratio vs noop", "95 % interval", "CPU ratio"]
+    header += ["p50 ms", "p99 ms", "p99.9 ms", "CPU µs/req", "off-loop µs/req"]
+    header += ["sidecar µs/req", "checked", "samples/batch"]
     print(table([*header, "scrape ms med/max", "other load % c0/c1", "errors"], rows))
     print()
     print(
@@ -986,27 +1040,30 @@ def report(
             f"{median([x.p50_ms for x in open_runs]):.2f}",
             f"{median([x.p99_ms for x in open_runs]):.2f}",
             f"{paired_ratio([x.p99_ms for x in open_runs], [x.p99_ms for x in noop_fixed]):.3f}",
+            interval(ratios([x.p99_ms for x in open_runs], [x.p99_ms for x in noop_fixed])),
             f"{median([x.p999_ms for x in open_runs]):.2f}",
             f"{median([x.lag_p99_ms for x in open_runs]):.2f}",
             f"{median(scrapes):.0f} / {max(scrapes):.0f}" if scrapes else "",
             noise(open_runs),
             str(sum(x.missing for x in open_runs)),
         ])  # fmt: skip
-    header = ["variant", "achieved req/s", "p50 ms", "p99 ms", "p99 vs noop", "p99.9 ms"]
+    header = ["variant", "achieved req/s", "p50 ms", "p99 ms", "p99 vs noop", "95 % interval"]
+    header += ["p99.9 ms"]
     header += ["sender lag p99 ms", "scrape ms med/max", "other load % c0/c1", "missing"]
     print(table(header, rows))
     print()
 
-    def ratio(name: str, key: str, runs: dict[str, list[Any]], base: list[Any]) -> float:
-        return paired_ratio([getattr(x, key) for x in runs[name]], [getattr(x, key) for x in base])
+    def ratio(name: str, key: str, runs: dict[str, list[Any]], base: list[Any]) -> list[float]:
+        return ratios([getattr(x, key) for x in runs[name]], [getattr(x, key) for x in base])
 
     print("goals (medians of per-round ratios against noop):")
-    for name, target in (("skew-1.0", 0.95), ("skew-0.1", 0.99), ("sink-1.0", 0.97)):
+    goals = (("skew-1.0", 0.95), ("skew-0.1", 0.99), ("sink-1.0", 0.97), ("sink-1.0-apart", 0.97))
+    for name, target in goals:
         if name in results:
-            cpu = f" (CPU ratio {1 / ratio(name, 'cpu_us', results, noop):.3f}x)"
+            cpu = f" (CPU ratio {1 / median(ratio(name, 'cpu_us', results, noop)):.3f}x)"
             rps = ratio(name, "rps", results, noop)
             print(goal(f"{name} req/s vs noop", rps, target, True, cpu))
-    for name in ("skew-1.0", "sink-1.0"):
+    for name in ("skew-0.1", "skew-1.0", "sink-1.0", "sink-1.0-apart"):
         if name in fixed:
             p99 = ratio(name, "p99_ms", fixed, noop_fixed)
             print(goal(f"{name} p99 at fixed load vs noop", p99, 1.10, False))
