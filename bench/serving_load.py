@@ -25,6 +25,9 @@ medians; ratios are medians of per-round ratios against the no-op middleware, wi
                         serving process's cost when the checker has a core of its own
   skew-0.1-tap-only     skew-0.1 whose queue refuses every sample: sampling, the body
                         tee and the Sample, nothing queued or checked
+  skew-all-tap-only     the same tap for every request (no cap): its CPU per request is
+                        the tap's cost per sample when every request takes that path,
+                        against skew-0.1-tap-only's tenth of a request
   skew-0.1-queue-only   skew-0.1 whose worker drains the queue without checking: the
                         cost of queueing, waking the worker and keeping samples a while
   skew-1.0+scrape       skew-1.0 while a thread GETs /metrics once a second
@@ -82,6 +85,7 @@ CATEGORICAL = 8
 SERVER_VARIANTS = (
     "bare", "noop", "noop-loaded", "skew-0.0", "skew-0.1", "skew-1.0", "skew-all", "sink-0.1",
     "sink-1.0", "sink-1.0-apart", "exporter", "skew-0.1-tap-only", "skew-0.1-queue-only",
+    "skew-all-tap-only",
 )  # fmt: skip
 
 
@@ -100,6 +104,7 @@ SKEW_OPTIONS: dict[str, SkewOptions] = {
     "sink-1.0-apart": {"sample_rate": 1.0},
     "skew-0.1-tap-only": {"sample_rate": 0.1},
     "skew-0.1-queue-only": {"sample_rate": 0.1},
+    "skew-all-tap-only": {"sample_rate": 1.0, "max_samples_per_second": 1e9},
 }
 # run name -> (server variant, path scraped once a second during the run, or None)
 RUNS: dict[str, tuple[str, str | None]] = {
@@ -207,7 +212,11 @@ def build_app(variant: str, baseline_path: str) -> ASGIApp:
         routes.append(Mount("/metrics", metrics_app(registry)))
         routes.append(Mount("/metrics-prom", make_asgi_app(registry)))
         options = SKEW_OPTIONS[variant]
-        kind = {"skew-0.1-tap-only": _tap_only, "skew-0.1-queue-only": _queue_only}
+        kind = {
+            "skew-0.1-tap-only": _tap_only,
+            "skew-all-tap-only": _tap_only,
+            "skew-0.1-queue-only": _queue_only,
+        }
         middleware.append(
             Middleware(
                 kind.get(variant, SkewMiddleware),

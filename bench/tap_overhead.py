@@ -8,6 +8,9 @@ Drives a Starlette app in-process (no sockets) for N requests per variant:
   skipped     SkewMiddleware, sample_rate=0 (sampling decided, body untouched)
   sampled     SkewMiddleware, every request sampled; the worker thread is held
               back so only serving-path work is counted (tee + enqueue)
+  sampled-0.1 as sampled, for every tenth request exactly (the others as skipped): the
+              mix the serving path sees at sample_rate 0.1, whose count is 0.9 x skipped
+              + 0.1 x sampled if a rare sampled request costs no more instructions
   checked     as sampled, and the worker's checking, in batches of --batch samples
               (the real server's worker saw about 90 at sample_rate 0.1): the
               total CPU of a sampled request, on and off the loop
@@ -45,7 +48,9 @@ import threading
 import time
 from typing import Any
 
-VARIANTS = ("bare", "noop", "unwatched", "skipped", "sampled", "checked", "outputs", "sink")
+VARIANTS = (
+    "bare", "noop", "unwatched", "skipped", "sampled", "sampled-0.1", "checked", "outputs", "sink",
+)  # fmt: skip
 # The sidecar's stand-in for the sink variant: binds the socket, reads and discards.
 DRAIN = """
 import os, socket, sys
@@ -109,10 +114,24 @@ def build(variant: str, features: str) -> tuple[Any, Any]:
     if variant == "sink":
         return SkewMiddleware(app, sink=drained_socket(), max_samples_per_second=1e9), None
     mw = SkewMiddleware(app, baseline=baseline, **options)
-    if variant in ("sampled", "checked", "outputs"):
+    if variant in ("sampled", "sampled-0.1", "checked", "outputs"):
         mw.monitor._thread = threading.Thread()  # "started", but never run: loop cost only
+    if variant == "sampled-0.1":
+        every_tenth(next(iter(mw.targets.values())).sampler)
     _ = orjson
     return mw, mw.monitor
+
+
+def every_tenth(sampler: Any) -> None:
+    """Gaps of exactly 10 instead of geometric ones: the same count in every run."""
+
+    def draw() -> int:
+        sampler._gap = 10
+        sampler._drawn += 10
+        return 10
+
+    sampler._draw = draw
+    sampler.countdown = 10
 
 
 class NoopMiddleware:
