@@ -29,7 +29,6 @@ from tests.nginx import (
     SHIPPED,
     SIDECAR,
     mirror_conf,
-    nginx_binary,
     run_nginx,
     silent_server,
     unaccepting_server,
@@ -114,19 +113,6 @@ def test_the_tested_config_is_the_shipped_one_with_only_its_addresses_moved() ->
         (LISTEN, "listen 127.0.0.1:18080;"),
     ]
     assert set(TIMEOUTS) == {"proxy_connect_timeout", "proxy_send_timeout", "proxy_read_timeout"}
-
-
-def test_a_missing_nginx_fails_under_ci_and_skips_elsewhere(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("PATH", "/nonexistent")
-    monkeypatch.setattr("tests.nginx.SBIN", "/nonexistent")
-    monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="CI must run the nginx tests"):
-        nginx_binary()
-    monkeypatch.delenv("CI")
-    with pytest.raises(pytest.skip.Exception, match="nginx is not installed"):
-        nginx_binary()
 
 
 def test_clients_get_the_model_servers_answers_and_the_sidecar_every_body_intact(
