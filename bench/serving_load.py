@@ -784,12 +784,10 @@ def goal(
     verdict = "met" if met else "MISSED"
     if math.isnan(low):
         verdict += " (too few rounds for a 95 % interval)"
-    elif (low >= target if higher_is_better else high <= target) or not (
-        high >= target if higher_is_better else low <= target
-    ):
-        verdict += f" (95 % interval {low:.3f}–{high:.3f})"
-    else:
+    elif low < target < high:
         verdict += f" (undecided: 95 % interval {low:.3f}–{high:.3f} holds {target:.2f})"
+    else:
+        verdict += f" (95 % interval {low:.3f}–{high:.3f})"
     return f"- {label}: {value:.3f}x{extra} (goal {sign} {target:.2f}x): {verdict}"
 
 
@@ -1062,19 +1060,21 @@ def report(
     print(table(header, rows))
     print()
 
-    def ratio(name: str, key: str, runs: dict[str, list[Any]], base: list[Any]) -> list[float]:
+    def round_ratios(
+        name: str, key: str, runs: dict[str, list[Any]], base: list[Any]
+    ) -> list[float]:
         return ratios([getattr(x, key) for x in runs[name]], [getattr(x, key) for x in base])
 
     print("goals (medians of per-round ratios against noop):")
     goals = (("skew-1.0", 0.95), ("skew-0.1", 0.99), ("sink-1.0", 0.97), ("sink-1.0-apart", 0.97))
     for name, target in goals:
         if name in results:
-            cpu = f" (CPU ratio {1 / median(ratio(name, 'cpu_us', results, noop)):.3f}x)"
-            rps = ratio(name, "rps", results, noop)
+            cpu = f" (CPU ratio {1 / median(round_ratios(name, 'cpu_us', results, noop)):.3f}x)"
+            rps = round_ratios(name, "rps", results, noop)
             print(goal(f"{name} req/s vs noop", rps, target, True, cpu))
     for name in ("skew-0.1", "skew-1.0", "sink-1.0", "sink-1.0-apart"):
         if name in fixed:
-            p99 = ratio(name, "p99_ms", fixed, noop_fixed)
+            p99 = round_ratios(name, "p99_ms", fixed, noop_fixed)
             print(goal(f"{name} p99 at fixed load vs noop", p99, 1.10, False))
     print()
     print("server: " + shlex.join(uvicorn_command(0)).replace("--port 0", "--port PORT"))
