@@ -290,11 +290,11 @@ def server_stack() -> tuple[str, str]:
     return http, loop
 
 
-def uvicorn_command(port: int) -> list[str]:
+def uvicorn_command(port: int, factory: str = "serving_load:app_factory") -> list[str]:
     http, loop = server_stack()
     bench_dir = os.path.dirname(os.path.abspath(__file__))
     return [
-        "taskset", "-c", "0", sys.executable, "-m", "uvicorn", "serving_load:app_factory",
+        "taskset", "-c", "0", sys.executable, "-m", "uvicorn", factory,
         "--factory", "--app-dir", bench_dir, "--host", "127.0.0.1", "--port", str(port),
         "--workers", "1", "--no-access-log", "--log-level", "warning",
         "--http", http, "--loop", loop,
@@ -324,7 +324,13 @@ def sidecar_command(port: int, baseline_path: str, sink: str, core: int = 0) -> 
     ]  # fmt: skip
 
 
-def start_server(variant: str, baseline_path: str, log_dir: str) -> Server:
+def start_server(
+    variant: str,
+    baseline_path: str,
+    log_dir: str,
+    factory: str = "serving_load:app_factory",
+    extra_env: dict[str, str] | None = None,
+) -> Server:
     port = free_port()
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.environ.get("PYTHONPATH", "")
@@ -333,6 +339,7 @@ def start_server(variant: str, baseline_path: str, log_dir: str) -> Server:
         VARIANT_ENV: variant,
         BASELINE_ENV: baseline_path,
         "PYTHONPATH": repo + (os.pathsep + path if path else ""),
+        **(extra_env or {}),
     }
     sidecar = None
     if variant.startswith("sink-"):
@@ -340,7 +347,7 @@ def start_server(variant: str, baseline_path: str, log_dir: str) -> Server:
         core = 1 if variant.endswith("-apart") else 0
         command = sidecar_command(free_port(), baseline_path, env[SINK_ENV], core)
         sidecar = spawn(f"{variant}-sidecar", command, env, log_dir)
-    server = spawn(variant, uvicorn_command(port), env, log_dir)
+    server = spawn(variant, uvicorn_command(port, factory), env, log_dir)
     server.sidecar = sidecar
     return server
 

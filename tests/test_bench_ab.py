@@ -1,0 +1,119 @@
+"""bench/serving_ab.py: A and B alternate in one process, and each B phase is compared
+with the A phases on either side."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.fixture(scope="module")
+def ab() -> Any:
+    sys.path.insert(0, str(BENCH))
+    try:
+        modules = {}
+        for name in ("serving_load", "serving_ab"):
+            spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module  # dataclasses and imports look themselves up there
+            spec.loader.exec_module(module)
+            modules[name] = module
+        yield modules["serving_ab"]
+    finally:
+        sys.modules.pop("serving_ab", None)
+        sys.modules.pop("serving_load", None)
+        sys.path.remove(str(BENCH))
+
+
+def phase(ab: Any, app: int, rps: float, cpu_us: float, off_loop_us: float = 0.0) -> Any:
+    """One second of a phase with the given throughput and CPU per request."""
+    requests = int(rps)
+    process = cpu_us * requests / 1e6
+    loop = process - off_loop_us * requests / 1e6
+    return ab.Phase(app, 1.0, requests, loop, process)
+
+
+def test_each_b_phase_is_compared_with_the_mean_of_its_neighbouring_a_phases(ab: Any) -> None:
+    phases = [
+        phase(ab, 0, 9000, 110.0),
+        phase(ab, 1, 8800, 112.0, off_loop_us=1.5),
+        phase(ab, 0, 9200, 108.0),
+        phase(ab, 1, 9000, 111.0, off_loop_us=1.0),
+        phase(ab, 0, 9400, 106.0),
+    ]
+    first, second = ab.pairs(phases, warmup=0.0)
+    assert first.rps == pytest.approx(8800 / 9100)
+    assert first.cpu == pytest.approx(112.0 / 109.0)
+    assert first.off_loop_us == pytest.approx(1.5)
+    assert first.loop == pytest.approx((112.0 - 1.5) / 109.0)
+    assert second.rps == pytest.approx(9000 / 9300)
+    assert second.a_cpu_us == pytest.approx(107.0)
+
+
+def test_phases_in_the_warm_up_and_b_phases_without_an_a_after_them_are_left_out(
+    ab: Any,
+) -> None:
+    phases = [phase(ab, i % 2, 9000, 110.0) for i in range(6)]  # A B A B A B
+    assert len(ab.pairs(phases, warmup=0.0)) == 2  # the last B has no A after it
+    # The second B starts 3 s in (three 1-second phases before it).
+    assert len(ab.pairs(phases, warmup=2.5)) == 1
+    assert [p.rps for p in ab.pairs(phases, warmup=0.0)] == [1.0, 1.0]
+
+
+def test_the_alternator_switches_apps_and_records_each_phase_after_the_skip(
+    ab: Any, tmp_path: Path
+) -> None:
+    calls = [0, 0]
+
+    def app(index: int) -> Any:
+        async def served(scope: Any, receive: Any, send: Any) -> None:
+            calls[index] += 1
+            await asyncio.sleep(0.001)
+
+        return served
+
+    out = tmp_path / "phases"
+    alternator = ab.Alternator((app(0), app(1)), phase=0.2, skip=0.05, out=str(out))
+
+    async def drive() -> list[str]:
+        sent: list[dict[str, Any]] = []
+        messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+        async def receive() -> dict[str, Any]:
+            return next(messages)
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await alternator({"type": "lifespan"}, receive, send)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 0.75
+        while loop.time() < end:
+            await alternator({"type": "http"}, receive, send)
+        return [m["type"] for m in sent]
+
+    lifespan = asyncio.run(drive())
+    assert lifespan == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    lines = [line.split() for line in out.read_text().splitlines()]
+    assert 2 <= len(lines) <= 3  # switches at 0.2, 0.4 and 0.6 s (a slow machine is late)
+    assert [int(fields[0]) for fields in lines] == [0, 1, 0][: len(lines)]
+    for fields in lines:
+        seconds, requests = float(fields[1]), int(fields[2])
+        # Counted from 0.05 s after a switch to the next: 0.15 s, later if timers are late.
+        assert 0.149 <= seconds < 0.4
+        assert 0 < requests <= seconds / 0.001
+    assert calls[0] > 0 and calls[1] > 0
+    assert sum(calls) == alternator.requests
+
+
+def test_the_alternator_refuses_a_skip_as_long_as_the_phase(ab: Any, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--skip"):
+        ab.Alternator((None, None), phase=1.0, skip=1.0, out=str(tmp_path / "x"))
