@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import shutil
 import statistics
@@ -159,14 +160,12 @@ class Pair:
     a_cpu_us: float
 
 
-def pairs(phases: list[Phase], warmup: float) -> list[Pair]:
-    """Every B phase with A phases on both sides, after the first `warmup` seconds."""
+def pairs(phases: list[Phase], warmup: int) -> list[Pair]:
+    """Every B phase with A phases on both sides, none of them among the first `warmup`."""
     out = []
-    elapsed = 0.0
-    for i in range(1, len(phases) - 1):
-        elapsed += phases[i - 1].seconds
+    for i in range(max(1, warmup + 1), len(phases) - 1):
         before, b, after = phases[i - 1], phases[i], phases[i + 1]
-        if b.app != 1 or before.app != 0 or after.app != 0 or elapsed < warmup:
+        if b.app != 1 or before.app != 0 or after.app != 0:
             continue
         if min(p.requests for p in (before, b, after)) == 0:
             continue
@@ -194,10 +193,11 @@ def measure(
         started = time.monotonic()
         command = sl.wrk_command(server.port, args.warmup + args.duration, args.connections, lua)
         subprocess.run(command, capture_output=True, check=True)
+        # Seconds from the first phase's start to the end of the warm-up.
         warmup = args.warmup + (time.monotonic() - started - args.warmup - args.duration)
     finally:
         sl.stop_servers([server])
-    return pairs(read_phases(out), max(0.0, warmup))
+    return pairs(read_phases(out), math.ceil(max(0.0, warmup) / args.phase))
 
 
 def summary(values: list[float]) -> str:

@@ -49,7 +49,7 @@ def test_each_b_phase_is_compared_with_the_mean_of_its_neighbouring_a_phases(ab:
         phase(ab, 1, 9000, 111.0, off_loop_us=1.0),
         phase(ab, 0, 9400, 106.0),
     ]
-    first, second = ab.pairs(phases, warmup=0.0)
+    first, second = ab.pairs(phases, warmup=0)
     assert first.rps == pytest.approx(8800 / 9100)
     assert first.cpu == pytest.approx(112.0 / 109.0)
     assert first.off_loop_us == pytest.approx(1.5)
@@ -62,10 +62,11 @@ def test_phases_in_the_warm_up_and_b_phases_without_an_a_after_them_are_left_out
     ab: Any,
 ) -> None:
     phases = [phase(ab, i % 2, 9000, 110.0) for i in range(6)]  # A B A B A B
-    assert len(ab.pairs(phases, warmup=0.0)) == 2  # the last B has no A after it
-    # The second B starts 3 s in (three 1-second phases before it).
-    assert len(ab.pairs(phases, warmup=2.5)) == 1
-    assert [p.rps for p in ab.pairs(phases, warmup=0.0)] == [1.0, 1.0]
+    assert len(ab.pairs(phases, warmup=0)) == 2  # the last B has no A after it
+    assert len(ab.pairs(phases, warmup=1)) == 1  # the first A is warm-up: so is its B
+    assert len(ab.pairs(phases, warmup=2)) == 1
+    assert ab.pairs(phases, warmup=3) == []
+    assert [p.rps for p in ab.pairs(phases, warmup=0)] == [1.0, 1.0]
 
 
 def test_the_alternator_switches_apps_and_records_each_phase_after_the_skip(
