@@ -143,7 +143,7 @@ class SkewMiddleware:
                     "SkewMiddleware(sink=..., debug_path=...): nothing is checked here; "
                     "the sidecar serves /skew"
                 )
-            # Checked in the sidecar process: one datagram per sample, nothing else here.
+            # Checked in the sidecar process: samples go as datagrams, nothing else here.
             monitors[model] = DatagramSink(sink, model=model)
         elif baseline is None:
             raise ValueError("SkewMiddleware needs a baseline (checked here) or a sink=")

@@ -56,7 +56,7 @@ from .models import DEFAULT_MODEL, Routes, model_from_path, parse_baseline_spec
 from .proxy import Proxy, UpstreamError, reply_502
 from .report import DriftRule
 from .sampling import TokenBucket
-from .tap import TapAddress, TapCounts, TapFormatError, TapLedger, bind, decode
+from .tap import TapAddress, TapBatch, TapCounts, TapFormatError, TapLedger, bind, decode
 from .worker import Monitor, Sample, _bump
 
 logger = logging.getLogger("sidecar.serve")
@@ -69,7 +69,7 @@ RESERVED_PATHS = OPERATOR_PATHS | HEALTH_PATHS
 # What happened to each CloudEvent (skew_sidecar_cloudevents_total{result}).
 EVENT_RESULTS = ("accepted", "duplicate", "ignored", "invalid")
 # What happened to each datagram from a tap (skew_sidecar_tap_datagrams_total{result}).
-TAP_RESULTS = ("sample", "counts", "invalid", "unknown_model")
+TAP_RESULTS = ("sample", "batch", "counts", "invalid", "unknown_model")
 # Settings that are lists: repeatable flags, comma-separated variables.
 _FIELD_LISTS = ("redact_fields", "hash_fields")
 _LISTS = ("baseline", "tap", *_FIELD_LISTS)
@@ -262,7 +262,8 @@ class _SidecarCollector(Collector):
         )  # fmt: skip
         yield _by_label(
             "skew_sidecar_tap_datagrams",
-            "Datagrams from in-app taps: samples, counts reports, and rejected ones.",
+            "Datagrams from in-app taps: one sample, a batch of them, counts reports, and "
+            "rejected ones.",
             "result", counts.datagrams,
         )  # fmt: skip
         yield CounterMetricFamily(
@@ -603,11 +604,13 @@ class Sidecar:
             for reason, n in dropped.items():
                 _bump(monitor.counts.dropped, reason, n)
             return
-        results["sample"] += 1
-        self.ledger.received(item.model, item.incarnation)
-        # Sampled by the tap already: only the per-model cap applies (many workers).
-        if self._allowed(model):
-            monitor.submit(item.sample)
+        batch = isinstance(item, TapBatch)
+        results["batch" if batch else "sample"] += 1
+        for sample in item.samples if isinstance(item, TapBatch) else [item.sample]:
+            self.ledger.received(item.model, item.incarnation)
+            # Sampled by the tap already: only the per-model cap applies (many workers).
+            if self._allowed(model):
+                monitor.submit(sample)
 
     async def _open_taps(self) -> None:
         loop = asyncio.get_running_loop()

@@ -1,7 +1,7 @@
 """The datagram tap: serving processes ship sampled bodies to one sidecar process.
 
 With `SkewMiddleware(app, sink="unix:///run/skew/tap.sock")` a sampled exchange is not
-checked in the serving process: it becomes one datagram (a small header, then the
+checked in the serving process: it goes in a datagram (a small header, then the
 request and response bodies, sent with scatter-gather I/O so nothing is joined on the
 event loop) on a non-blocking socket. When the sidecar is slow (the socket buffer is
 full) or gone, the sample is dropped and counted; the send never blocks and never
@@ -13,20 +13,33 @@ reason) about once a second, cumulative, under a random incarnation id; the side
 the increments to the model's counters and counts samples that were sent but never
 arrived (UDP may lose datagrams) as `lost_in_transit`.
 
+On the event loop, samples are sent in batches: up to `BATCH_SAMPLES` samples or
+`BATCH_BYTES` of bodies in one datagram, and at most `BATCH_SECONDS` after the first of
+them. One `sendmsg` costs about 12 µs of CPU when it wakes the sidecar; 32 samples in
+one cost about 3 µs each. A batch that cannot go is dropped and counted per sample.
+Outside an event loop (and for a sample too large to share a datagram) each sample
+goes at once, alone.
+
 Wire format (version 1, big-endian):
 
     sample:  b"SKT1" b"S" incarnation(8) status(H) len(model)(B) len(req enc)(B)
              len(resp enc)(B) len(request)(I) model req-enc resp-enc request response
+    batch:   b"SKT1" b"B" incarnation(8) len(model)(B) count(H) model, then per sample:
+             status(H) len(req enc)(B) len(resp enc)(B) len(request)(I) len(response)(I)
+             req-enc resp-enc request response
     counts:  b"SKT1" b"C" incarnation(8) len(model)(B) model JSON{seen, sent, dropped}
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import errno
 import os
 import socket
 import stat
 import struct
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +55,13 @@ from .worker import Sample, _bump, _Counts, content_encoding
 MAGIC = b"SKT1"
 _SAMPLE = struct.Struct("!4sc8sHBBBI")
 _COUNTS = struct.Struct("!4sc8sB")
+_BATCH = struct.Struct("!4sc8sBH")
+_RECORD = struct.Struct("!HBBII")
+BATCH_SAMPLES = 32  # samples in one datagram, at most
+BATCH_BYTES = 48 << 10  # body bytes in one datagram, at most (UDP datagrams end at 64 KiB)
+BATCH_SECONDS = 0.05  # the longest a sample waits for its batch to fill
+BATCH_PARTS = 1000  # buffers in one sendmsg (Linux refuses more than 1,024)
+ALONE_CHUNKS = 64  # a sample in more body chunks than this goes alone
 COUNTS_SECONDS = 1.0  # how often a serving process reports its counts
 RECONNECT_SECONDS = 1.0  # how often a sink retries a sidecar that was not there
 SEND_BUFFER = 1 << 20  # asked for; the kernel caps it (net.core.wmem_max)
@@ -118,11 +138,19 @@ class DatagramSink:
         self._connected = False
         self._next_connect = 0.0
         self._next_counts = 0.0
+        # The batch being filled on the event loop; `stop` may flush it from a thread.
+        self._lock = threading.Lock()
+        self._batch: list[bytes] = []
+        self._batch_samples = 0
+        self._batch_bytes = 0
+        self._timer_loop: asyncio.AbstractEventLoop | None = None  # has the flush timer
+        atexit.register(self.flush)  # a mounted sub-app never sees the lifespan's end
 
     def start(self) -> None:
         self._connect()
 
     def stop(self, timeout: float = 0.0) -> None:
+        self.flush()
         self.report_counts(force=True)
         if self._socket is not None:
             self._socket.close()
@@ -130,14 +158,71 @@ class DatagramSink:
             self._connected = False
 
     def submit(self, sample: Sample, size: int = -1) -> bool:
-        """Send one sample as one datagram; False (counted) when it could not go.
-        (`size` is the Monitor's signature: a datagram holds nothing once sent.)"""
+        """Send one sample (in a batch, on the event loop); False (counted) when it could
+        not go. (`size` is the Monitor's signature: a datagram holds nothing once sent.)"""
         if not self._connected and not self._connect():
             _bump(self.counts.dropped, SINK_UNAVAILABLE)
             return False
         request_encoding = content_encoding(sample.headers).encode("latin-1")[:255]
         response_encoding = content_encoding(sample.response_headers).encode("latin-1")[:255]
-        request = sample.request
+        request, response = sample.request, sample.response
+        request_size = sum(map(len, request))
+        body_size = request_size + sum(map(len, response))
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        chunks = len(request) + len(response)
+        if loop is None or body_size > BATCH_BYTES or chunks > ALONE_CHUNKS:
+            return self._send_alone(sample, request_encoding, response_encoding, request_size)
+        record = _RECORD.pack(
+            sample.status,
+            len(request_encoding),
+            len(response_encoding),
+            request_size,
+            body_size - request_size,
+        )
+        with self._lock:
+            if (
+                self._batch_bytes + body_size > BATCH_BYTES
+                or len(self._batch) + 3 + chunks > BATCH_PARTS
+            ):
+                self._flush_locked()
+            self._batch.extend((record, request_encoding, response_encoding, *request))
+            self._batch.extend(response)
+            self._batch_samples += 1
+            self._batch_bytes += body_size
+            if self._batch_samples >= BATCH_SAMPLES:
+                self._flush_locked()
+            elif self._timer_loop is not loop:
+                # Once per batch; again if the loop that had the timer is gone (a test
+                # client runs each request in a loop of its own).
+                self._timer_loop = loop
+                loop.call_later(BATCH_SECONDS, self.flush)
+        return True
+
+    def flush(self) -> None:
+        """Send the samples batched so far (the timer, `stop`, interpreter exit)."""
+        with self._lock:
+            self._timer_loop = None
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        n = self._batch_samples
+        if not n:
+            return
+        head = _BATCH.pack(MAGIC, b"B", self.incarnation, len(self._model), n)
+        parts = [head, self._model, *self._batch]
+        self._batch.clear()
+        self._batch_samples = self._batch_bytes = 0
+        if self._send(parts, drops=n):
+            self.sent += n
+            self.counts.sampled += n
+        self.report_counts()
+
+    def _send_alone(
+        self, sample: Sample, request_encoding: bytes, response_encoding: bytes, size: int
+    ) -> bool:
         header = _SAMPLE.pack(
             MAGIC,
             b"S",
@@ -146,9 +231,9 @@ class DatagramSink:
             len(self._model),
             len(request_encoding),
             len(response_encoding),
-            sum(map(len, request)),
+            size,
         )
-        parts = [header, self._model, request_encoding, response_encoding, *request]
+        parts = [header, self._model, request_encoding, response_encoding, *sample.request]
         parts.extend(sample.response)
         sent = self._send(parts)
         if sent:
@@ -168,26 +253,26 @@ class DatagramSink:
         seen, dropped = self.counts.exported(self.sampler)
         body = orjson.dumps({"seen": seen, "sent": self.sent, "dropped": dropped})
         head = _COUNTS.pack(MAGIC, b"C", self.incarnation, len(self._model))
-        self._send([head, self._model, body], count=False)
+        self._send([head, self._model, body], drops=0)
 
-    def _send(self, parts: Sequence[bytes], count: bool = True) -> bool:
+    def _send(self, parts: Sequence[bytes], drops: int = 1) -> bool:
+        """One datagram; when it cannot go, `drops` samples (those it held) are counted."""
         sock = self._socket
-        if sock is None:
-            return False
-        try:
-            sock.sendmsg(parts)
-            return True
-        except BlockingIOError:
-            reason = SINK_BUSY
-        except OSError as exc:
-            if exc.errno == errno.EMSGSIZE:
-                reason = "too_large"
-            else:  # ECONNREFUSED, ENOENT, ENOTCONN: the sidecar is gone or restarting
-                reason = SINK_UNAVAILABLE
-                self._connected = False
-                self._next_connect = self.clock() + RECONNECT_SECONDS
-        if count:
-            _bump(self.counts.dropped, reason)
+        reason = SINK_UNAVAILABLE
+        if sock is not None:
+            try:
+                sock.sendmsg(parts)
+                return True
+            except BlockingIOError:
+                reason = SINK_BUSY
+            except OSError as exc:
+                if exc.errno == errno.EMSGSIZE:
+                    reason = "too_large"
+                else:  # ECONNREFUSED, ENOENT, ENOTCONN: the sidecar is gone or restarting
+                    self._connected = False
+                    self._next_connect = self.clock() + RECONNECT_SECONDS
+        if drops:
+            _bump(self.counts.dropped, reason, drops)
         return False
 
     def _connect(self) -> bool:
@@ -229,6 +314,13 @@ class TapSample:
 
 
 @dataclass(frozen=True)
+class TapBatch:
+    incarnation: bytes
+    model: str
+    samples: list[Sample]
+
+
+@dataclass(frozen=True)
 class TapCounts:
     incarnation: bytes
     model: str
@@ -237,8 +329,9 @@ class TapCounts:
     dropped: dict[str, int]
 
 
-def decode(datagram: bytes) -> TapSample | TapCounts:
-    """One datagram back into a sample or a counts report; TapFormatError otherwise."""
+def decode(datagram: bytes) -> TapSample | TapBatch | TapCounts:
+    """One datagram back into a sample, a batch of them or a counts report;
+    TapFormatError otherwise."""
     if datagram[:4] != MAGIC:
         raise TapFormatError("not a tap datagram (bad magic)")
     kind = datagram[4:5]
@@ -264,6 +357,8 @@ def decode(datagram: bytes) -> TapSample | TapCounts:
                 _encoding_header(response_encoding),
             )
             return TapSample(incarnation, model, sample)
+        if kind == b"B":
+            return _decode_batch(datagram)
         if kind == b"C":
             _, _, incarnation, m = _COUNTS.unpack_from(datagram)
             at = _COUNTS.size
@@ -283,6 +378,39 @@ def decode(datagram: bytes) -> TapSample | TapCounts:
     except (struct.error, UnicodeDecodeError, orjson.JSONDecodeError, KeyError, TypeError):
         raise TapFormatError("malformed tap datagram") from None
     raise TapFormatError(f"unknown tap datagram kind {kind!r}")
+
+
+def _decode_batch(datagram: bytes) -> TapBatch:
+    _, _, incarnation, m, count = _BATCH.unpack_from(datagram)
+    at = _BATCH.size
+    model = datagram[at : at + m].decode()
+    at += m
+    samples = []
+    for _ in range(count):
+        status, qe, re_, request_size, response_size = _RECORD.unpack_from(datagram, at)
+        at += _RECORD.size
+        request_encoding = datagram[at : at + qe]
+        at += qe
+        response_encoding = datagram[at : at + re_]
+        at += re_
+        end = at + request_size + response_size
+        if end > len(datagram):
+            raise TapFormatError("truncated batch: bodies longer than the datagram")
+        request = datagram[at : at + request_size]
+        response = datagram[at + request_size : end]
+        at = end
+        samples.append(
+            Sample(
+                [request],
+                [response] if response else (),
+                status,
+                _encoding_header(request_encoding),
+                _encoding_header(response_encoding),
+            )
+        )
+    if at != len(datagram):
+        raise TapFormatError("malformed batch: bytes after its last sample")
+    return TapBatch(incarnation, model, samples)
 
 
 def _encoding_header(value: bytes) -> list[tuple[bytes, bytes]]:

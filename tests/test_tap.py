@@ -6,6 +6,7 @@ uvicorn workers in a subprocess)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import tempfile
@@ -24,12 +25,18 @@ from sidecar import Baseline, SkewMiddleware
 from sidecar.profile import ProfileOptions
 from sidecar.serve import Sidecar
 from sidecar.tap import (
+    ALONE_CHUNKS,
+    BATCH_BYTES,
+    BATCH_PARTS,
+    BATCH_SAMPLES,
+    BATCH_SECONDS,
     LOST_IN_TRANSIT,
     SINK_BUSY,
     SINK_UNAVAILABLE,
     DatagramSink,
     TapAddress,
     TapAddressError,
+    TapBatch,
     TapCounts,
     TapFormatError,
     TapLedger,
@@ -128,6 +135,131 @@ def test_a_sample_crosses_the_wire_unchanged(socket_path: str, closing: list[Any
     assert list(item.sample.response_headers) == []
 
 
+def batch_of(sock: socket.socket) -> list[TapBatch]:
+    return [item for d in receive_all(sock) if isinstance(item := decode(d), TapBatch)]
+
+
+def test_on_the_event_loop_samples_cross_the_wire_unchanged_in_one_batch(
+    socket_path: str, closing: list[Any]
+) -> None:
+    sock = receiver(socket_path, closing)
+    sink = sink_to(f"unix://{socket_path}", closing, model="churn")
+    samples = [
+        Sample([b'{"x": ', b"1.5}"], [b'{"predictions": [0.1]}'], 201),
+        Sample([b"gzipped"], (), 200, [(b"content-encoding", b"gzip")], []),
+        Sample([b"{}"], [b"[]"], 500, [], [(b"Content-Encoding", b"deflate")]),
+    ]
+
+    async def send_all() -> list[TapBatch]:
+        assert all(sink.submit(sample) for sample in samples)
+        assert batch_of(sock) == []  # waiting for more, at most BATCH_SECONDS
+        await asyncio.sleep(BATCH_SECONDS * 2)
+        return batch_of(sock)
+
+    [batch] = asyncio.run(send_all())
+    assert (batch.model, batch.incarnation, sink.sent) == ("churn", sink.incarnation, 3)
+    for got, sent in zip(batch.samples, samples, strict=True):
+        assert list(got.request) == [b"".join(sent.request)]
+        assert list(got.response) == ([b"".join(sent.response)] if sent.response else [])
+        assert got.status == sent.status
+        assert [v for _, v in got.headers] == [v for _, v in sent.headers]
+        assert [v for _, v in got.response_headers] == [v for _, v in sent.response_headers]
+
+
+def test_a_full_batch_goes_at_once_and_a_large_sample_goes_alone(
+    socket_path: str, closing: list[Any]
+) -> None:
+    sock = receiver(socket_path, closing)
+    sink = sink_to(f"unix://{socket_path}", closing)
+
+    async def send() -> tuple[list[int], list[bytes]]:
+        for i in range(BATCH_SAMPLES):
+            sink.submit(Sample([b"%d" % i]))
+        full = [len(b.samples) for b in batch_of(sock)]  # no timer needed
+        sink.submit(Sample([b"x" * (BATCH_BYTES + 1)]))
+        return full, receive_all(sock)
+
+    full, alone = asyncio.run(send())
+    assert full == [BATCH_SAMPLES]
+    assert [d[4:5] for d in alone] == [b"S"]
+    assert sink.sent == BATCH_SAMPLES + 1
+
+
+def test_samples_in_many_chunks_never_make_a_batch_the_kernel_refuses(
+    socket_path: str, closing: list[Any]
+) -> None:
+    sock = receiver(socket_path, closing)
+    sink = sink_to(f"unix://{socket_path}", closing)
+    chunked = [b"x"] * ALONE_CHUNKS  # the most chunks a batched sample may have
+
+    async def send() -> list[bytes]:
+        for _ in range(BATCH_SAMPLES - 1):
+            sink.submit(Sample(chunked))
+        sink.submit(Sample([b"y"] * (ALONE_CHUNKS + 1)))  # goes alone
+        sink.flush()
+        return receive_all(sock)
+
+    datagrams = asyncio.run(send())
+    assert not sink.counts.dropped
+    assert sink.sent == BATCH_SAMPLES
+    batches = [item for d in datagrams if isinstance(item := decode(d), TapBatch)]
+    assert sum(len(b.samples) for b in batches) == BATCH_SAMPLES - 1
+    assert len(batches) >= (BATCH_SAMPLES - 1) * (ALONE_CHUNKS + 3) // BATCH_PARTS + 1
+    assert all(list(s.request) == [b"x" * ALONE_CHUNKS] for b in batches for s in b.samples)
+    assert [d[4:5] for d in datagrams].count(b"S") == 1
+
+
+def test_stopping_the_sink_sends_the_batch_it_was_filling(
+    socket_path: str, closing: list[Any]
+) -> None:
+    sock = receiver(socket_path, closing)
+    sink = sink_to(f"unix://{socket_path}", closing)
+
+    async def submit_two() -> None:
+        sink.submit(Sample([b"1"]))
+        sink.submit(Sample([b"2"]))
+        sink.stop()  # before the timer: as at shutdown
+
+    asyncio.run(submit_two())
+    [batch] = batch_of(sock)
+    assert [list(s.request) for s in batch.samples] == [[b"1"], [b"2"]]
+    assert sink.sent == 2 and not sink.counts.dropped
+
+
+def test_a_batch_is_sent_on_time_when_its_first_loop_ended_before_the_timer(
+    socket_path: str, closing: list[Any]
+) -> None:
+    sock = receiver(socket_path, closing)
+    sink = sink_to(f"unix://{socket_path}", closing)
+
+    async def submit(body: bytes, wait: float) -> None:
+        sink.submit(Sample([body]))
+        await asyncio.sleep(wait)
+
+    asyncio.run(submit(b"1", 0.0))  # this loop ends with the timer pending
+    asyncio.run(submit(b"2", BATCH_SECONDS * 2))
+    [batch] = batch_of(sock)
+    assert [list(s.request) for s in batch.samples] == [[b"1"], [b"2"]]
+
+
+def test_a_batch_that_cannot_go_is_dropped_and_counted_once_per_sample(
+    socket_path: str, closing: list[Any]
+) -> None:
+    sock = receiver(socket_path, closing)
+    sink = sink_to(f"unix://{socket_path}", closing)
+
+    async def submit_then_lose_the_sidecar() -> None:
+        for i in range(5):
+            sink.submit(Sample([b"%d" % i]))
+        sock.close()
+        os.unlink(socket_path)
+        await asyncio.sleep(BATCH_SECONDS * 2)
+
+    asyncio.run(submit_then_lose_the_sidecar())
+    assert sink.sent == 0
+    assert sink.counts.dropped == {SINK_UNAVAILABLE: 5}
+
+
 def test_counts_cross_the_wire_with_only_known_drop_reasons(
     socket_path: str, closing: list[Any]
 ) -> None:
@@ -149,6 +281,9 @@ def test_counts_cross_the_wire_with_only_known_drop_reasons(
         b"SKT1X" + b"\0" * 20,
         b"SKT1S" + b"\0" * 5,  # truncated header
         b"SKT1S" + b"\0" * 8 + b"\x00\xc8\x00\x00\x00\x00\x00\x10\x00",  # request past the end
+        b"SKT1B" + b"\0" * 8 + b"\x00\x00\x01",  # a batch of one sample, and no sample
+        b"SKT1B" + b"\0" * 8 + b"\x00\x00\x01" + b"\x00\xc8\0\0" + b"\0\0\0\x09" + b"\0" * 4,
+        b"SKT1B" + b"\0" * 8 + b"\x00\x00\x00" + b"trailing bytes",
         b"SKT1C" + b"\0" * 8 + b"\x00" + b"{not json",
         b"SKT1C" + b"\0" * 8 + b"\x00" + b'{"seen": -1, "sent": 0, "dropped": {}}',
         b"SKT1C" + b"\0" * 8 + b"\x00" + b'{"seen": 1, "sent": 0, "dropped": {"x": "y"}}',
@@ -286,7 +421,10 @@ def test_samples_tapped_in_the_app_are_checked_and_counted_by_the_sidecar(
         assert value(sidecar, "skew_requests_sampled_total", **labels) == 51
         assert value(sidecar, "skew_samples_dropped_total", reason="invalid_json", **labels) == 1
         assert value(sidecar, "skew_feature_values_total", feature="score", **labels) == 50
-        assert value(sidecar, "skew_sidecar_tap_datagrams_total", result="sample") == 51
+        # Sent on the event loop: in batches, fewer datagrams than samples.
+        batches = value(sidecar, "skew_sidecar_tap_datagrams_total", result="batch")
+        assert 1 <= batches < 51
+        assert value(sidecar, "skew_sidecar_tap_datagrams_total", result="sample") == 0
 
 
 @pytest.mark.parametrize(
