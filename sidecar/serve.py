@@ -604,9 +604,13 @@ class Sidecar:
             for reason, n in dropped.items():
                 _bump(monitor.counts.dropped, reason, n)
             return
-        batch = isinstance(item, TapBatch)
-        results["batch" if batch else "sample"] += 1
-        for sample in item.samples if isinstance(item, TapBatch) else [item.sample]:
+        if isinstance(item, TapBatch):
+            results["batch"] += 1
+            samples = item.samples
+        else:
+            results["sample"] += 1
+            samples = [item.sample]
+        for sample in samples:
             self.ledger.received(item.model, item.incarnation)
             # Sampled by the tap already: only the per-model cap applies (many workers).
             if self._allowed(model):

@@ -347,15 +347,8 @@ def decode(datagram: bytes) -> TapSample | TapBatch | TapCounts:
             at += re_
             if at + size > len(datagram):
                 raise TapFormatError("truncated datagram: request longer than the datagram")
-            request = datagram[at : at + size]
-            response = datagram[at + size :]
-            sample = Sample(
-                [request],
-                [response] if response else (),
-                status,
-                _encoding_header(request_encoding),
-                _encoding_header(response_encoding),
-            )
+            request, response = datagram[at : at + size], datagram[at + size :]
+            sample = _sample(status, request_encoding, response_encoding, request, response)
             return TapSample(incarnation, model, sample)
         if kind == b"B":
             return _decode_batch(datagram)
@@ -396,21 +389,25 @@ def _decode_batch(datagram: bytes) -> TapBatch:
         end = at + request_size + response_size
         if end > len(datagram):
             raise TapFormatError("truncated batch: bodies longer than the datagram")
-        request = datagram[at : at + request_size]
-        response = datagram[at + request_size : end]
+        request, response = datagram[at : at + request_size], datagram[at + request_size : end]
         at = end
-        samples.append(
-            Sample(
-                [request],
-                [response] if response else (),
-                status,
-                _encoding_header(request_encoding),
-                _encoding_header(response_encoding),
-            )
-        )
+        samples.append(_sample(status, request_encoding, response_encoding, request, response))
     if at != len(datagram):
         raise TapFormatError("malformed batch: bytes after its last sample")
     return TapBatch(incarnation, model, samples)
+
+
+def _sample(
+    status: int, request_encoding: bytes, response_encoding: bytes, request: bytes, response: bytes
+) -> Sample:
+    """A sample as the sidecar's monitor takes it, from one sample's fields on the wire."""
+    return Sample(
+        [request],
+        [response] if response else (),
+        status,
+        _encoding_header(request_encoding),
+        _encoding_header(response_encoding),
+    )
 
 
 def _encoding_header(value: bytes) -> list[tuple[bytes, bytes]]:

@@ -135,8 +135,12 @@ def test_a_sample_crosses_the_wire_unchanged(socket_path: str, closing: list[Any
     assert list(item.sample.response_headers) == []
 
 
+def batches_in(datagrams: list[bytes]) -> list[TapBatch]:
+    return [item for d in datagrams if isinstance(item := decode(d), TapBatch)]
+
+
 def batch_of(sock: socket.socket) -> list[TapBatch]:
-    return [item for d in receive_all(sock) if isinstance(item := decode(d), TapBatch)]
+    return batches_in(receive_all(sock))
 
 
 def test_on_the_event_loop_samples_cross_the_wire_unchanged_in_one_batch(
@@ -202,7 +206,7 @@ def test_samples_in_many_chunks_never_make_a_batch_the_kernel_refuses(
     datagrams = asyncio.run(send())
     assert not sink.counts.dropped
     assert sink.sent == BATCH_SAMPLES
-    batches = [item for d in datagrams if isinstance(item := decode(d), TapBatch)]
+    batches = batches_in(datagrams)
     assert sum(len(b.samples) for b in batches) == BATCH_SAMPLES - 1
     assert len(batches) >= (BATCH_SAMPLES - 1) * (ALONE_CHUNKS + 3) // BATCH_PARTS + 1
     assert all(list(s.request) == [b"x" * ALONE_CHUNKS] for b in batches for s in b.samples)
