@@ -236,12 +236,10 @@ def main() -> None:
             for variant in sl.rotated(variants, n):
                 got = measure(variant, args, baseline, lua, body, tmp, n)
                 results[variant].append(got)
-                rps = [p.rps for p in got]
+                median = statistics.median(p.rps for p in got) if got else math.nan
                 sl.progress(
                     f"process {n + 1}/{args.processes} {variant:<15} {len(got)} pairs, "
-                    f"req/s ratio median {statistics.median(rps):.3f}"
-                    if got
-                    else "no pairs"
+                    f"req/s ratio median {median:.3f}"
                 )
     report(args, results)
 
