@@ -7,15 +7,19 @@
 # Every `serve` flag has a SKEW_SIDECAR_<FLAG> variable (README, "Sidecar process").
 # Other commands run as `docker run ... skew-sidecar:0.1.0 profile ...`.
 
+# The base: any Debian-like image with Python 3.11+, pip and useradd (the tests build
+# on a local Debian bookworm image: `--build-arg PYTHON_IMAGE=...`).
+ARG PYTHON_IMAGE=python:3.11-slim
+
 # Wheels for the package and its dependencies, built where a compiler could be added;
 # the final stage installs them without build tools or pip's cache.
-FROM python:3.11-slim AS build
+FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY sidecar ./sidecar
 RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[serve]'
 
-FROM python:3.11-slim
+FROM ${PYTHON_IMAGE}
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin skew
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links /wheels 'skew-sidecar[serve]' \

@@ -1,7 +1,8 @@
 """deploy/, the Dockerfile and what they rely on, checked without a cluster or Docker.
 
 The Prometheus rules and the dashboard's queries run against a real Prometheus in
-tests/test_prometheus.py; here: the exporter facts the rules assume, file formats,
+tests/test_prometheus.py, and the image with the manifests' settings in a real Docker
+in tests/test_container.py; here: the exporter facts the rules assume, file formats,
 names that must agree across files, and the example app and traffic script.
 """
 
@@ -397,7 +398,9 @@ def test_every_skew_sidecar_variable_set_in_deploy_is_a_setting() -> None:
 
 def test_the_dockerfile_runs_serve_as_a_non_root_user_on_all_interfaces() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    assert re.findall(r"^FROM (\S+)", text, re.M) == ["python:3.11-slim", "python:3.11-slim"]
+    # The official image by default (tests/test_container.py builds on a local one).
+    assert re.findall(r"^ARG PYTHON_IMAGE=(\S+)", text, re.M) == ["python:3.11-slim"]
+    assert re.findall(r"^FROM (\S+)", text, re.M) == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"]
     assert "pip wheel --no-cache-dir --wheel-dir /wheels '.[serve]'" in text
     (user,) = re.findall(r"^USER (\S+)", text, re.M)
     assert user.isdigit() and int(user) > 0

@@ -2,6 +2,9 @@
 
     BASELINE=baseline.json uvicorn --factory --app-dir deploy/example app:create_app
 
+With SKEW_SINK=unix:///run/skew/tap.sock instead, samples go to a sidecar (the pod in
+deploy/kubernetes/model-server.yaml) and nothing is checked in this process.
+
 KServe v1 protocol: POST /v1/models/churn:predict with {"instances": [{...}, ...]}
 answers {"predictions": [...]}; /metrics serves the skew_* families.
 """
@@ -35,9 +38,13 @@ async def healthz(request: Request) -> Response:
 
 
 def create_app(
-    baseline: str | None = None, registry: CollectorRegistry = REGISTRY, window_seconds: float = 30
+    baseline: str | None = None,
+    registry: CollectorRegistry = REGISTRY,
+    window_seconds: float = 30,
+    sink: str | None = None,
 ) -> SkewMiddleware:
-    """The app; `baseline` defaults to the BASELINE environment variable."""
+    """The app; `baseline` defaults to the BASELINE environment variable, `sink` to
+    SKEW_SINK (given one, samples go to the sidecar there)."""
     app = Starlette(
         routes=[
             Route("/v1/models/churn:predict", predict, methods=["POST"]),
@@ -45,6 +52,9 @@ def create_app(
             Mount("/metrics", app=metrics_app(registry)),
         ]
     )
+    sink = sink or os.environ.get("SKEW_SINK")
+    if sink:
+        return SkewMiddleware(app, sink=sink, model="churn", registry=registry)
     return SkewMiddleware(
         app,
         baseline=baseline or os.environ.get("BASELINE", "baseline.json"),
