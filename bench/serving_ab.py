@@ -45,8 +45,8 @@ OUT_ENV = "SERVING_AB_OUT"
 PHASE_ENV = "SERVING_AB_PHASE"
 SKIP_ENV = "SERVING_AB_SKIP"
 IN_PROCESS = (
-    "noop", "skew-0.0", "skew-0.1", "skew-1.0", "skew-all", "sink-1.0-apart", "skew-0.1-tap-only",
-    "skew-0.1-queue-only", "skew-all-tap-only",
+    "noop", "skew-0.0", "skew-0.1", "skew-1.0", "skew-all", "sink-1.0-apart", "sink-1.0-drain",
+    "skew-0.1-tap-only", "skew-0.1-queue-only", "skew-all-tap-only",
 )  # fmt: skip
 
 
@@ -282,7 +282,10 @@ def report(args: argparse.Namespace, results: dict[str, list[list[Pair]]]) -> No
         )
     print(sl.table(header, rows))
     print()
-    for variant, target in (("skew-0.1", 0.99), ("skew-1.0", 0.95), ("sink-1.0-apart", 0.97)):
+    goals = (
+        ("skew-0.1", 0.99), ("skew-1.0", 0.95), ("sink-1.0-apart", 0.97), ("sink-1.0-drain", 0.97),
+    )  # fmt: skip
+    for variant, target in goals:
         if results.get(variant):
             values = [p.rps for run in results[variant] for p in run]
             print(sl.goal(f"{variant} req/s vs noop (same process)", values, target, True))

@@ -23,6 +23,9 @@ medians; ratios are medians of per-round ratios against the no-op middleware, wi
                         its CPU is reported in its own column
   sink-1.0-apart        the same with the sidecar on core 1 (beside wrk, nice 19): the
                         serving process's cost when the checker has a core of its own
+  sink-1.0-drain        the same tap sending to a process on core 1 that only reads
+                        and discards (no checking beside wrk): the serving process's
+                        cost apart from what the sidecar's CPU takes from wrk's core
   skew-0.1-tap-only     skew-0.1 whose queue refuses every sample: sampling, the body
                         tee and the Sample, nothing queued or checked
   skew-all-tap-only     the same tap for every request (no cap): its CPU per request is
@@ -84,8 +87,8 @@ NUMERIC = 24
 CATEGORICAL = 8
 SERVER_VARIANTS = (
     "bare", "noop", "noop-loaded", "skew-0.0", "skew-0.1", "skew-1.0", "skew-all", "sink-0.1",
-    "sink-1.0", "sink-1.0-apart", "exporter", "skew-0.1-tap-only", "skew-0.1-queue-only",
-    "skew-all-tap-only",
+    "sink-1.0", "sink-1.0-apart", "sink-1.0-drain", "exporter", "skew-0.1-tap-only",
+    "skew-0.1-queue-only", "skew-all-tap-only",
 )  # fmt: skip
 
 
@@ -102,6 +105,7 @@ SKEW_OPTIONS: dict[str, SkewOptions] = {
     "sink-0.1": {"sample_rate": 0.1},
     "sink-1.0": {"sample_rate": 1.0},
     "sink-1.0-apart": {"sample_rate": 1.0},
+    "sink-1.0-drain": {"sample_rate": 1.0},
     "skew-0.1-tap-only": {"sample_rate": 0.1},
     "skew-0.1-queue-only": {"sample_rate": 0.1},
     "skew-all-tap-only": {"sample_rate": 1.0, "max_samples_per_second": 1e9},
@@ -274,6 +278,7 @@ class Server:
     process: subprocess.Popen[bytes]
     log_path: str
     sidecar: Server | None = None  # the sink variants' `skew-sidecar serve --tap`
+    socket_path: str | None = None  # a drain's socket, bound once it is ready
 
     @property
     def pids(self) -> list[int]:
@@ -315,6 +320,26 @@ def die_with_parent() -> None:
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG; survives exec
 
 
+# sink-1.0-drain's receiver: reads every datagram and drops it; --port is a dummy (its
+# readiness is the bound socket, see wait_sidecar).
+DRAIN = """
+import socket, sys
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+sock.bind(sys.argv[1])
+while True:
+    sock.recv(1 << 20)
+"""
+
+
+def drain_command(sink: str, core: int) -> list[str]:
+    path = sink.removeprefix("unix://")
+    return [
+        "taskset", "-c", str(core), "nice", "-n", "19", sys.executable, "-c", DRAIN, path,
+        "--port", "0",
+    ]  # fmt: skip
+
+
 def sidecar_command(port: int, baseline_path: str, sink: str, core: int = 0) -> list[str]:
     """The sink variants' checker: on the server's core (or another), lowest priority."""
     return [
@@ -344,9 +369,13 @@ def start_server(
     sidecar = None
     if variant.startswith("sink-"):
         env[SINK_ENV] = f"unix://{os.path.join(log_dir, variant + '.sock')}"
-        core = 1 if variant.endswith("-apart") else 0
+        core = 1 if variant.endswith(("-apart", "-drain")) else 0
         command = sidecar_command(free_port(), baseline_path, env[SINK_ENV], core)
+        if variant.endswith("-drain"):
+            command = drain_command(env[SINK_ENV], core)
         sidecar = spawn(f"{variant}-sidecar", command, env, log_dir)
+        if variant.endswith("-drain"):
+            sidecar.socket_path = env[SINK_ENV].removeprefix("unix://")
     server = spawn(variant, uvicorn_command(port, factory), env, log_dir)
     server.sidecar = sidecar
     return server
@@ -412,9 +441,13 @@ def wait_sidecar(sidecar: Server, deadline: float) -> None:
         if sidecar.process.poll() is not None:
             with open(sidecar.log_path, errors="replace") as f:
                 raise RuntimeError(f"{sidecar.variant!r} exited early:\n{f.read()}")
-        with contextlib.suppress(OSError, RuntimeError):
-            get(sidecar.port, "/readyz")
-            return
+        if sidecar.socket_path is not None:  # a drain: ready once its socket is bound
+            if os.path.exists(sidecar.socket_path):
+                return
+        else:
+            with contextlib.suppress(OSError, RuntimeError):
+                get(sidecar.port, "/readyz")
+                return
         time.sleep(0.2)
     raise RuntimeError(f"{sidecar.variant!r} not ready")
 
@@ -588,7 +621,8 @@ def closed_loop(
     server: Server, scrape: str | None, duration: float, connections: int, lua: str
 ) -> Run:
     pid = server.process.pid
-    skew = server.variant in SKEW_OPTIONS
+    drain = server.sidecar is not None and server.sidecar.socket_path is not None
+    skew = server.variant in SKEW_OPTIONS and not drain  # a drain has no counters
     counters = server.sidecar.port if server.sidecar else server.port  # who checks
     for p in server.pids:
         wait_idle(p)
