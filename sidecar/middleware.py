@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Awaitable, Collection, Iterator, Mapping
 from typing import Any, TypeAlias
 
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -396,8 +396,9 @@ class _Tap:
             self.monitor._error("worker")
         return message
 
-    async def send(self, message: Message) -> None:
-        await self._send(message)  # the client first; the tap only looks afterwards
+    def send(self, message: Message) -> Awaitable[None]:
+        """Looks at the message, then returns the server's own `send(message)` for the
+        app to await: a plain function, so no coroutine of its own per message."""
         try:
             kind = message["type"]
             if kind == "http.response.body":
@@ -413,6 +414,7 @@ class _Tap:
                 self.response_headers = message.get("headers", ())
         except Exception:
             self.monitor._error("worker")
+        return self._send(message)
 
     def finish(self) -> None:
         if self.finished:

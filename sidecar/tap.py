@@ -50,7 +50,7 @@ import orjson
 
 from .metrics import DROP_REASONS
 from .sampling import Sampler
-from .worker import Sample, _bump, _Counts, content_encoding
+from .worker import Sample, _bump, _Counts
 
 MAGIC = b"SKT1"
 _SAMPLE = struct.Struct("!4sc8sHBBBI")
@@ -105,6 +105,14 @@ class TapAddress:
 
 
 # -- the serving side ---------------------------------------------------------------------
+
+
+def _encoding(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """The Content-Encoding header's value as it came (at most 255 bytes), else b""."""
+    for key, value in headers:
+        if len(key) == 16 and key.lower() == b"content-encoding":
+            return bytes(value[:255])
+    return b""
 
 
 class DatagramSink:
@@ -163,11 +171,14 @@ class DatagramSink:
         if not self._connected and not self._connect():
             _bump(self.counts.dropped, SINK_UNAVAILABLE)
             return False
-        request_encoding = content_encoding(sample.headers).encode("latin-1")[:255]
-        response_encoding = content_encoding(sample.response_headers).encode("latin-1")[:255]
+        request_encoding = _encoding(sample.headers)
+        response_encoding = _encoding(sample.response_headers)
         request, response = sample.request, sample.response
-        request_size = sum(map(len, request))
-        body_size = request_size + sum(map(len, response))
+        # Most bodies are one chunk each way.
+        request_size = len(request[0]) if len(request) == 1 else sum(map(len, request))
+        body_size = request_size + (
+            len(response[0]) if len(response) == 1 else sum(map(len, response))
+        )
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -188,8 +199,12 @@ class DatagramSink:
                 or len(self._batch) + 3 + chunks > BATCH_PARTS
             ):
                 self._flush_locked()
-            self._batch.extend((record, request_encoding, response_encoding, *request))
-            self._batch.extend(response)
+            batch = self._batch
+            batch.append(record)
+            batch.append(request_encoding)
+            batch.append(response_encoding)
+            batch.extend(request)
+            batch.extend(response)
             self._batch_samples += 1
             self._batch_bytes += body_size
             if self._batch_samples >= BATCH_SAMPLES:
