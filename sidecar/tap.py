@@ -50,7 +50,7 @@ import orjson
 
 from .metrics import DROP_REASONS
 from .sampling import Sampler
-from .worker import Sample, _bump, _Counts
+from .worker import Headers, Sample, _bump, _Counts
 
 MAGIC = b"SKT1"
 _SAMPLE = struct.Struct("!4sc8sHBBBI")
@@ -107,7 +107,7 @@ class TapAddress:
 # -- the serving side ---------------------------------------------------------------------
 
 
-def _encoding(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+def _encoding(headers: Headers) -> bytes:
     """The Content-Encoding header's value as it came (at most 255 bytes), else b""."""
     for key, value in headers:
         if len(key) == 16 and key.lower() == b"content-encoding":
