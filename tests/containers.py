@@ -19,7 +19,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.tools import required
 
@@ -111,3 +113,18 @@ def logs(name: str) -> str:
         ["docker", "logs", name], capture_output=True, text=True, timeout=30, check=False
     )
     return result.stdout + result.stderr
+
+
+def metric_total(url: str, name: str, **labels: str) -> float:
+    """The sum of the samples named `name` with `labels` in the metrics text at `url`
+    (0 when there are none, or nothing answers yet)."""
+    try:
+        text = httpx.get(url, timeout=2).text
+    except httpx.HTTPError:
+        return 0.0
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )

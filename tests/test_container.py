@@ -18,11 +18,10 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import Baseline, demo
 from tests import containers
-from tests.containers import container, docker, logs, published
+from tests.containers import container, docker, logs, metric_total, published
 from tests.servers import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,16 +80,6 @@ def probe_paths(spec: dict[str, Any]) -> list[str]:
     return [spec[probe]["httpGet"]["path"] for probe in ("readinessProbe", "livenessProbe")]
 
 
-def counter(base_url: str, name: str, **labels: str) -> float:
-    """A counter's value in the /metrics text at `base_url` (0 when the series is absent)."""
-    text = httpx.get(f"{base_url}/metrics", timeout=5).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
-
-
 def answers(url: str) -> bool:
     try:
         return httpx.get(url, timeout=1).status_code == 200
@@ -118,7 +107,7 @@ def assert_all_checked(sidecar_url: str, *names: str) -> None:
     """The sidecar's churn model checked exactly ROWS rows (logs of `names` if not)."""
 
     def checked() -> float:
-        return counter(sidecar_url, "skew_rows_checked_total", model="churn")
+        return metric_total(f"{sidecar_url}/metrics", "skew_rows_checked_total", model="churn")
 
     assert eventually(lambda: checked() == ROWS, 10), (checked(), *map(logs, names))
 
