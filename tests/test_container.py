@@ -176,7 +176,8 @@ def test_pod_model_server_taps_into_the_sidecar_through_a_shared_socket_volume(
     )
     volume = docker("volume", "create")
     try:
-        # The pod's fsGroup 10001 makes its emptyDir writable by group 10001; so here.
+        # The pod's fsGroup 10001 makes its emptyDir writable by group 10001 (set-group-ID:
+        # what is created there belongs to the group); so here.
         docker("run", "--rm", "--user", "0", "-v", f"{volume}:/v", "--entrypoint", "sh", image,
                "-c", "chown 10001:10001 /v && chmod 2770 /v")  # fmt: skip
         with container(
@@ -186,7 +187,10 @@ def test_pod_model_server_taps_into_the_sidecar_through_a_shared_socket_volume(
             sidecar_url = published(sidecar_name, 8090)
             assert eventually(lambda: ready(sidecar_url), 30), logs(sidecar_name)
             with container(
+                # Another user than the sidecar's, in the pod's fsGroup: the socket is
+                # the group's to write to.
                 ["-e", f"SKEW_SINK={tap}", "-p", "127.0.0.1::8000",
+                 "--user", "10002", "--group-add", "10001",
                  "-v", f"{volume}:{socket_dir}", "-v", f"{ROOT / 'deploy' / 'example'}:/example:ro",
                  "--entrypoint", "uvicorn", image,
                  "--factory", "--app-dir", "/example", "app:create_app",
