@@ -33,6 +33,8 @@ medians; ratios are medians of per-round ratios against the no-op middleware, wi
                         against skew-0.1-tap-only's tenth of a request
   skew-0.1-queue-only   skew-0.1 whose worker drains the queue without checking: the
                         cost of queueing, waking the worker and keeping samples a while
+  skew-0.1-no-pause     skew-0.1 whose worker never steps aside while requests arrive
+                        (busy_pause_seconds 0: only offers the GIL between slices)
   skew-1.0+scrape       skew-1.0 while a thread GETs /metrics once a second
                         (sidecar.metrics_app: renders in a thread)
   skew-1.0+scrape-prom  the same with prometheus_client's make_asgi_app (renders on
@@ -88,7 +90,7 @@ CATEGORICAL = 8
 SERVER_VARIANTS = (
     "bare", "noop", "noop-loaded", "skew-0.0", "skew-0.1", "skew-1.0", "skew-all", "sink-0.1",
     "sink-1.0", "sink-1.0-apart", "sink-1.0-drain", "exporter", "skew-0.1-tap-only",
-    "skew-0.1-queue-only", "skew-all-tap-only",
+    "skew-0.1-queue-only", "skew-all-tap-only", "skew-0.1-no-pause",
 )  # fmt: skip
 
 
@@ -108,6 +110,7 @@ SKEW_OPTIONS: dict[str, SkewOptions] = {
     "sink-1.0-drain": {"sample_rate": 1.0},
     "skew-0.1-tap-only": {"sample_rate": 0.1},
     "skew-0.1-queue-only": {"sample_rate": 0.1},
+    "skew-0.1-no-pause": {"sample_rate": 0.1},
     "skew-all-tap-only": {"sample_rate": 1.0, "max_samples_per_second": 1e9},
 }
 # run name -> (server variant, path scraped once a second during the run, or None)
@@ -117,7 +120,8 @@ RUNS: dict[str, tuple[str, str | None]] = {
     "skew-1.0+scrape-prom": ("skew-1.0", "/metrics-prom/"),
 }
 FIXED_LOAD_RUNS = (
-    "noop", "skew-0.1", "skew-1.0", "skew-all", "sink-0.1", "sink-1.0", "sink-1.0-apart",
+    "noop", "skew-0.1", "skew-0.1-no-pause", "skew-1.0", "skew-all", "sink-0.1", "sink-1.0",
+    "sink-1.0-apart",
     "skew-1.0+scrape",
     "skew-1.0+scrape-prom",
 )  # fmt: skip
@@ -145,6 +149,16 @@ def _tap_only(app: ASGIApp, **options: Any) -> ASGIApp:
 
     middleware = SkewMiddleware(app, **options)
     middleware.monitor._limit = 0  # type: ignore[union-attr]
+    return middleware
+
+
+def _no_pause(app: ASGIApp, **options: Any) -> ASGIApp:
+    """SkewMiddleware whose worker only offers the GIL between slices, never stepping
+    aside while requests arrive (the worker before busy_pause_seconds)."""
+    from sidecar import SkewMiddleware
+
+    middleware = SkewMiddleware(app, **options)
+    middleware.monitor.pacer.busy_pause = 0.0  # type: ignore[union-attr]
     return middleware
 
 
@@ -220,6 +234,7 @@ def build_app(variant: str, baseline_path: str) -> ASGIApp:
             "skew-0.1-tap-only": _tap_only,
             "skew-all-tap-only": _tap_only,
             "skew-0.1-queue-only": _queue_only,
+            "skew-0.1-no-pause": _no_pause,
         }
         middleware.append(
             Middleware(

@@ -111,18 +111,40 @@ class Pacer:
     a slice, whatever the batch size. A tick that is not due costs one clock read.
     Measured with `python bench/worker_stalls.py --other <checkout>`: event-loop stalls
     over 0.6 ms caused by the worker went from 40 to 21 in 6 s at 870 samples/s against
-    offering the GIL once per 128 samples (and to 3 once the numeric block paused too)."""
+    offering the GIL once per 128 samples (and to 3 once the numeric block paused too).
 
-    __slots__ = ("since", "slice")
+    With `activity` (a count the serving thread moves with every request it takes) the
+    worker also steps aside while the serving thread is busy: when requests arrived
+    during the slice just done, it sleeps `busy_pause_seconds` instead of only offering
+    the GIL, so a request being served gets the core to itself rather than meeting a
+    worker slice at every turn of the event loop. Unless `behind()`: a queue filling up
+    means the worker must keep pace, and it only offers the GIL.
+    """
 
-    def __init__(self, slice_seconds: float) -> None:
+    __slots__ = ("activity", "behind", "busy_pause", "since", "slice", "_seen")
+
+    def __init__(self, slice_seconds: float, busy_pause_seconds: float = 0.0) -> None:
         self.slice = slice_seconds
+        self.busy_pause = busy_pause_seconds
         self.since = time.perf_counter()
+        self.activity: Callable[[], int] | None = None
+        self.behind: Callable[[], bool] = lambda: False
+        self._seen = 0
 
     def tick(self) -> None:
         if time.perf_counter() - self.since >= self.slice:
-            _offer_gil()
+            self._step_aside()
             self.since = time.perf_counter()
+
+    def _step_aside(self) -> None:
+        if self.activity is not None and self.busy_pause > 0:
+            seen = self.activity()
+            if seen != self._seen:
+                self._seen = seen
+                if not self.behind():
+                    time.sleep(self.busy_pause)  # the GIL and the core, for a while
+                    return
+        _offer_gil()
 
 
 def _bump(counts: dict[str, int], key: str, n: int = 1) -> None:
@@ -220,6 +242,7 @@ class Monitor:
         batch_samples: int = 128,  # parsed, then their rows checked
         batch_rows: int = 256,  # checked in one engine call
         gil_slice_seconds: float = 0.0002,  # the longest the worker holds on to the GIL
+        busy_pause_seconds: float = 0.001,  # steps aside this long while requests arrive
         max_decompressed_bytes: int = 8 << 20,
         flush_seconds: float = 1.0,
         wake_samples: int = 256,
@@ -245,7 +268,11 @@ class Monitor:
         self.batch_rows = batch_rows
         if gil_slice_seconds < 0:
             raise ValueError(f"gil_slice_seconds must be >= 0, got {gil_slice_seconds}")
-        self.pacer = Pacer(gil_slice_seconds)
+        if busy_pause_seconds < 0:
+            raise ValueError(f"busy_pause_seconds must be >= 0, got {busy_pause_seconds}")
+        self.pacer = Pacer(gil_slice_seconds, busy_pause_seconds)
+        self.pacer.activity = self._requests_seen
+        self.pacer.behind = self._behind
         self.max_decompressed_bytes = max_decompressed_bytes
         self.flush_seconds = flush_seconds  # the longest a sample waits to be checked
         self.wake_samples = wake_samples
@@ -393,6 +420,15 @@ class Monitor:
         if len(self._queue) >= self.wake_samples and not self._wakeup.is_set():
             self._wakeup.set()
         return True
+
+    def _requests_seen(self) -> int:
+        """Requests the in-app tap counted so far (read racily from the worker: any
+        change between two reads is all the pacer needs)."""
+        sampler = self.sampler
+        return 0 if sampler is None else sampler.seen
+
+    def _behind(self) -> bool:
+        return len(self._queue) > self._limit // 2
 
     # -- lifecycle ----------------------------------------------------------------
 

@@ -173,3 +173,45 @@ def test_the_worker_offers_the_gil_once_per_slice_of_work(monkeypatch: pytest.Mo
     assert offered(0.0) >= 200 + 2
     # A slice longer than the batch: never.
     assert offered(60.0) == 0
+
+
+def test_the_worker_steps_aside_while_requests_arrive_unless_it_falls_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Requests that arrived during its slice: the worker sleeps busy_pause_seconds (the
+    serving thread has the core to itself). None, or a queue half full: it only offers
+    the GIL (sleep(0))."""
+    sleeps: list[float] = []
+    monkeypatch.setattr(worker.time, "sleep", sleeps.append)
+    requests, behind = 0, False
+    pacer = worker.Pacer(0.0, busy_pause_seconds=0.002)
+    pacer.activity = lambda: requests
+    pacer.behind = lambda: behind
+    pacer.tick()  # nothing arrived
+    requests = 3
+    pacer.tick()  # three arrived
+    pacer.tick()  # none since
+    requests, behind = 4, True
+    pacer.tick()  # one arrived, but the queue is filling
+    assert sleeps == [0, 0.002, 0, 0]
+
+
+def test_the_monitor_paces_its_worker_by_the_requests_its_tap_counts(
+    baseline: Baseline,
+) -> None:
+    from sidecar.sampling import Sampler
+
+    monitor = Monitor(baseline, registry=None, queue_size=4)
+    activity = monitor.pacer.activity
+    assert activity is not None
+    assert activity() == 0  # no tap (the sidecar's monitors): never moves, never pauses
+    monitor.sampler = Sampler(0.1, 1000.0, seed=1)
+    before = activity()
+    monitor.sampler.countdown -= 1  # the middleware counting one request
+    assert activity() == before + 1
+    assert not monitor.pacer.behind()
+    for _ in range(3):
+        monitor.submit(Sample((b"{}",)))
+    assert monitor.pacer.behind()  # 3 of 4 queued: keep pace
+    with pytest.raises(ValueError, match="busy_pause_seconds"):
+        Monitor(baseline, registry=None, busy_pause_seconds=-1)
