@@ -193,6 +193,7 @@ def measure(
         started = time.monotonic()
         command = sl.wrk_command(server.port, args.warmup + args.duration, args.connections, lua)
         subprocess.run(command, capture_output=True, check=True)
+        sl.check_sidecar_alive(server)
         # Seconds from the first phase's start to the end of the warm-up.
         warmup = args.warmup + (time.monotonic() - started - args.warmup - args.duration)
     finally:

@@ -338,9 +338,11 @@ def die_with_parent() -> None:
 # sink-1.0-drain's receiver: reads every datagram and drops it; --port is a dummy (its
 # readiness is the bound socket, see wait_sidecar).
 DRAIN = """
-import socket, sys
+import os, socket, sys
 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+if os.path.exists(sys.argv[1]):
+    os.unlink(sys.argv[1])
 sock.bind(sys.argv[1])
 while True:
     sock.recv(1 << 20)
@@ -383,7 +385,10 @@ def start_server(
     }
     sidecar = None
     if variant.startswith("sink-"):
-        env[SINK_ENV] = f"unix://{os.path.join(log_dir, variant + '.sock')}"
+        path = os.path.join(log_dir, variant + ".sock")
+        if os.path.exists(path):  # an earlier run's: a new drain is ready once it binds
+            os.unlink(path)
+        env[SINK_ENV] = f"unix://{path}"
         core = 1 if variant.endswith(("-apart", "-drain")) else 0
         command = sidecar_command(free_port(), baseline_path, env[SINK_ENV], core)
         if variant.endswith("-drain"):
@@ -449,6 +454,15 @@ def wait_ready(server: Server, body: bytes, timeout: float = 60.0) -> None:
             raise RuntimeError(f"server {server.variant!r}: POST /predict gave HTTP {status}")
         time.sleep(0.2)
     raise RuntimeError(f"server {server.variant!r} not ready after {timeout:.0f} s")
+
+
+def check_sidecar_alive(server: Server) -> None:
+    """After a run: a sidecar (or drain) that died during it left the tap dropping every
+    sample as sink_unavailable, the cheap path: the run measured nothing."""
+    sidecar = server.sidecar
+    if sidecar is not None and sidecar.process.poll() is not None:
+        with open(sidecar.log_path, errors="replace") as f:
+            raise RuntimeError(f"{sidecar.variant!r} died during the run:\n{f.read()}")
 
 
 def wait_sidecar(sidecar: Server, deadline: float) -> None:
@@ -650,6 +664,7 @@ def closed_loop(
         out = subprocess.run(
             cmd, capture_output=True, text=True, check=True, timeout=duration + 30
         ).stdout
+    check_sidecar_alive(server)
     other = other_load(snapshot, load_snapshot(server.pids))
     for p in server.pids:
         wait_idle(p)  # a backlog drained after the run is part of the cost
