@@ -96,13 +96,6 @@ class _Counts:
         self.batch_buckets[bisect.bisect_left(BATCH_BUCKETS, seconds)] += 1
 
 
-def _offer_gil() -> None:
-    """Between slices: hands the GIL over if the serving thread asked for it (after a
-    switch interval, 5 ms), so it waits at most one slice. os.sched_yield would hand it
-    over at once, but the bench measured it to cost more CPU than the checking itself."""
-    time.sleep(0)
-
-
 class Pacer:
     """Offers the GIL once `slice_seconds` of work have passed since the last offer.
 
@@ -121,11 +114,17 @@ class Pacer:
     means the worker must keep pace, and it only offers the GIL.
     """
 
-    __slots__ = ("activity", "behind", "busy_pause", "since", "slice", "_seen")
+    __slots__ = ("activity", "behind", "busy_pause", "since", "slice", "sleep", "_seen")
 
-    def __init__(self, slice_seconds: float, busy_pause_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        slice_seconds: float,
+        busy_pause_seconds: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.slice = slice_seconds
         self.busy_pause = busy_pause_seconds
+        self.sleep = sleep
         self.since = time.perf_counter()
         self.activity: Callable[[], int] | None = None
         self.behind: Callable[[], bool] = lambda: False
@@ -136,15 +135,25 @@ class Pacer:
             self._step_aside()
             self.since = time.perf_counter()
 
+    def tick_holding_lock(self) -> None:
+        """`tick` where the worker holds a lock others may wait on (a scrape reading the
+        totals): it offers the GIL but never sleeps."""
+        if time.perf_counter() - self.since >= self.slice:
+            self.sleep(0)
+            self.since = time.perf_counter()
+
     def _step_aside(self) -> None:
         if self.activity is not None and self.busy_pause > 0:
             seen = self.activity()
             if seen != self._seen:
                 self._seen = seen
                 if not self.behind():
-                    time.sleep(self.busy_pause)  # the GIL and the core, for a while
+                    self.sleep(self.busy_pause)  # the GIL and the core, for a while
                     return
-        _offer_gil()
+        # Hands the GIL over if the serving thread asked for it (after a switch interval,
+        # 5 ms), so it waits at most one slice. os.sched_yield would hand it over at once,
+        # but the bench measured it to cost more CPU than the checking itself.
+        self.sleep(0)
 
 
 def _bump(counts: dict[str, int], key: str, n: int = 1) -> None:
@@ -428,7 +437,11 @@ class Monitor:
         return 0 if sampler is None else sampler.seen
 
     def _behind(self) -> bool:
-        return len(self._queue) > self._limit // 2
+        """Half the queue's room used, by samples or by their bytes: keep pace."""
+        return (
+            len(self._queue) > self._limit // 2
+            or self._bytes_in - self._bytes_out > self.max_queue_bytes // 2
+        )
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -704,7 +717,7 @@ class Monitor:
                     with self._lock:
                         self._checked += 1  # the running totals changed
                         if ids is None or self._recorders is None:
-                            engine.check(rows[i : i + step], self.pacer.tick)
+                            engine.check(rows[i : i + step], self.pacer.tick_holding_lock)
                         else:  # the same check, and the offending values as evidence
                             self._recorders[j].check(rows[i : i + step], ids[j][i : i + step], now)
                 except Exception:

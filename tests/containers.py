@@ -92,10 +92,10 @@ def build_image() -> str:
 @contextmanager
 def container(args: Sequence[str], name_prefix: str = "skew-test") -> Iterator[str]:
     """`docker run -d` with `args` (options, image, command); yields the container's name
-    and removes it (with its logs in the failure message if it had already exited)."""
+    and removes it afterwards, also when `docker run` created it but failed to start it."""
     name = f"{name_prefix}-{os.getpid()}-{time.monotonic_ns()}"
-    docker("run", "-d", "--name", name, *args)
     try:
+        docker("run", "-d", "--name", name, *args)
         yield name
     finally:
         docker("rm", "-f", name, check=False)

@@ -103,10 +103,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     path.write_text(yaml.safe_dump(compose_for_test(image), sort_keys=False))
     name = f"skewtest{os.getpid()}"
     command = [compose_cli, "-p", name, "-f", str(path), "--project-directory", str(DEPLOY)]
-    up = subprocess.run(
-        [*command, "up", "-d"], capture_output=True, text=True, timeout=600, check=False
-    )
     try:
+        up = subprocess.run(
+            [*command, "up", "-d"], capture_output=True, text=True, timeout=600, check=False
+        )
         assert up.returncode == 0, up.stderr[-3000:]
         yield name
     finally:

@@ -4,7 +4,6 @@ the per-sample path (`Monitor._extract`) does, for usual and odd exchanges alike
 from __future__ import annotations
 
 import gzip
-import time
 from typing import Any
 
 import numpy as np
@@ -154,15 +153,15 @@ def test_the_hostile_corpus_is_counted_the_same_on_both_paths(baseline: Baseline
     _same(baseline, samples)
 
 
-def test_the_worker_offers_the_gil_once_per_slice_of_work(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_worker_offers_the_gil_once_per_slice_of_work() -> None:
     offers: list[float] = []
-    monkeypatch.setattr(worker, "_offer_gil", lambda: offers.append(time.perf_counter()))
     baseline = Baseline.from_records([{"x": float(i), "c": "ab"[i % 2]} for i in range(200)])
     body = orjson.dumps({"x": 1.0, "c": "a"})
 
     def offered(slice_seconds: float, n: int = 200) -> int:
         offers.clear()
         monitor = Monitor(baseline, registry=None, gil_slice_seconds=slice_seconds)
+        monitor.pacer.sleep = offers.append
         for _ in range(n):
             monitor.submit(Sample((body,)))
         monitor.process_pending()
@@ -175,16 +174,13 @@ def test_the_worker_offers_the_gil_once_per_slice_of_work(monkeypatch: pytest.Mo
     assert offered(60.0) == 0
 
 
-def test_the_worker_steps_aside_while_requests_arrive_unless_it_falls_behind(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_the_worker_steps_aside_while_requests_arrive_unless_it_falls_behind() -> None:
     """Requests that arrived during its slice: the worker sleeps busy_pause_seconds (the
-    serving thread has the core to itself). None, or a queue half full: it only offers
-    the GIL (sleep(0))."""
+    serving thread has the core to itself). None, a queue half full, or a lock held that
+    a scrape may wait on: it only offers the GIL (sleep(0))."""
     sleeps: list[float] = []
-    monkeypatch.setattr(worker.time, "sleep", sleeps.append)
     requests, behind = 0, False
-    pacer = worker.Pacer(0.0, busy_pause_seconds=0.002)
+    pacer = worker.Pacer(0.0, busy_pause_seconds=0.002, sleep=sleeps.append)
     pacer.activity = lambda: requests
     pacer.behind = lambda: behind
     pacer.tick()  # nothing arrived
@@ -193,7 +189,10 @@ def test_the_worker_steps_aside_while_requests_arrive_unless_it_falls_behind(
     pacer.tick()  # none since
     requests, behind = 4, True
     pacer.tick()  # one arrived, but the queue is filling
-    assert sleeps == [0, 0.002, 0, 0]
+    behind = False
+    requests = 5
+    pacer.tick_holding_lock()  # arrived, but others may wait on the worker's lock
+    assert sleeps == [0, 0.002, 0, 0, 0]
 
 
 def test_the_monitor_paces_its_worker_by_the_requests_its_tap_counts(
@@ -213,5 +212,10 @@ def test_the_monitor_paces_its_worker_by_the_requests_its_tap_counts(
     for _ in range(3):
         monitor.submit(Sample((b"{}",)))
     assert monitor.pacer.behind()  # 3 of 4 queued: keep pace
+    by_bytes = Monitor(baseline, registry=None, max_queue_bytes=100)
+    by_bytes.submit(Sample((b"x" * 40,)))
+    assert not by_bytes.pacer.behind()
+    by_bytes.submit(Sample((b"x" * 40,)))
+    assert by_bytes.pacer.behind()  # 80 of 100 bytes queued
     with pytest.raises(ValueError, match="busy_pause_seconds"):
         Monitor(baseline, registry=None, busy_pause_seconds=-1)
