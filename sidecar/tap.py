@@ -50,7 +50,7 @@ import orjson
 
 from .metrics import DROP_REASONS
 from .sampling import Sampler
-from .worker import Headers, Sample, _bump, _Counts
+from .worker import Sample, _bump, _Counts, content_encoding_bytes
 
 MAGIC = b"SKT1"
 _SAMPLE = struct.Struct("!4sc8sHBBBI")
@@ -105,14 +105,6 @@ class TapAddress:
 
 
 # -- the serving side ---------------------------------------------------------------------
-
-
-def _encoding(headers: Headers) -> bytes:
-    """The Content-Encoding header's value as it came (at most 255 bytes), else b""."""
-    for key, value in headers:
-        if len(key) == 16 and key.lower() == b"content-encoding":
-            return bytes(value[:255])
-    return b""
 
 
 class DatagramSink:
@@ -171,8 +163,9 @@ class DatagramSink:
         if not self._connected and not self._connect():
             _bump(self.counts.dropped, SINK_UNAVAILABLE)
             return False
-        request_encoding = _encoding(sample.headers)
-        response_encoding = _encoding(sample.response_headers)
+        # At most 255 bytes each: their lengths go in one byte on the wire.
+        request_encoding = content_encoding_bytes(sample.headers)[:255]
+        response_encoding = content_encoding_bytes(sample.response_headers)[:255]
         request, response = sample.request, sample.response
         # Most bodies are one chunk each way.
         request_size = len(request[0]) if len(request) == 1 else sum(map(len, request))

@@ -172,12 +172,18 @@ def _summed(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
     return out
 
 
-def content_encoding(headers: Headers) -> str:
+def content_encoding_bytes(headers: Headers) -> bytes:
+    """The Content-Encoding header's value as it came, else b"" (the datagram tap sends
+    it so, on the event loop: no decoding there)."""
     for key, value in headers:
         # The length first: most headers are not this one, and lower() allocates.
         if len(key) == 16 and key.lower() == b"content-encoding":
-            return value.decode("latin-1")
-    return ""
+            return bytes(value)
+    return b""
+
+
+def content_encoding(headers: Headers) -> str:
+    return content_encoding_bytes(headers).decode("latin-1")
 
 
 def _identity(headers: Headers) -> bool:
