@@ -610,8 +610,8 @@ class Sidecar:
         else:
             results["sample"] += 1
             samples = [item.sample]
+        self.ledger.received(item.model, item.incarnation, len(samples))
         for sample in samples:
-            self.ledger.received(item.model, item.incarnation)
             # Sampled by the tap already: only the per-model cap applies (many workers).
             if self._allowed(model):
                 monitor.submit(sample)

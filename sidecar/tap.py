@@ -447,8 +447,8 @@ class TapLedger:
     def __len__(self) -> int:
         return len(self._processes)
 
-    def received(self, model: str, incarnation: bytes) -> None:
-        self._get(model, incarnation).received += 1
+    def received(self, model: str, incarnation: bytes, n: int = 1) -> None:
+        self._get(model, incarnation).received += n
 
     def report(self, counts: TapCounts) -> tuple[int, dict[str, int]]:
         """Increments of (seen, dropped by reason) since the process's last report,
