@@ -55,10 +55,14 @@ def daemon() -> None:
         pytest.skip(message)
 
 
+def image_exists(tag: str) -> bool:
+    inspect = ["docker", "image", "inspect", tag]
+    return subprocess.run(inspect, capture_output=True, check=False, timeout=30).returncode == 0
+
+
 def base_image() -> str:
     """BASE_IMAGE, built with debootstrap the first time."""
-    inspect = ["docker", "image", "inspect", BASE_IMAGE]
-    if subprocess.run(inspect, capture_output=True, check=False, timeout=30).returncode == 0:
+    if image_exists(BASE_IMAGE):
         return BASE_IMAGE
     debootstrap = required("debootstrap", hint="apt-get install debootstrap", tests="container")
     with tempfile.TemporaryDirectory(prefix="skew-rootfs-") as tmp:

@@ -58,8 +58,7 @@ LEFT_OUT = ("grafana",)
 
 def stand_in(image: str) -> str:
     tag, lines = STAND_INS[image]
-    inspect = ["docker", "image", "inspect", tag]
-    if subprocess.run(inspect, capture_output=True, check=False, timeout=30).returncode != 0:
+    if not containers.image_exists(tag):
         dockerfile = "\n".join([f"FROM {containers.base_image()}", *lines]) + "\n"
         result = subprocess.run(
             ["docker", "build", "--quiet", "-t", tag, "-"],
