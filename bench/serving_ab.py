@@ -47,6 +47,7 @@ SKIP_ENV = "SERVING_AB_SKIP"
 IN_PROCESS = (
     "noop", "skew-0.0", "skew-0.1", "skew-1.0", "skew-all", "sink-1.0-apart", "sink-1.0-drain",
     "skew-0.1-tap-only", "skew-0.1-queue-only", "skew-all-tap-only", "skew-0.1-no-pause",
+    "sink-0.1-apart",
 )  # fmt: skip
 
 
@@ -285,6 +286,7 @@ def report(args: argparse.Namespace, results: dict[str, list[list[Pair]]]) -> No
     print()
     goals = (
         ("skew-0.1", 0.99), ("skew-1.0", 0.95), ("sink-1.0-apart", 0.97), ("sink-1.0-drain", 0.97),
+        ("sink-0.1-apart", 0.99),
     )  # fmt: skip
     for variant, target in goals:
         if results.get(variant):

@@ -23,6 +23,7 @@ medians; ratios are medians of per-round ratios against the no-op middleware, wi
                         its CPU is reported in its own column
   sink-1.0-apart        the same with the sidecar on core 1 (beside wrk, nice 19): the
                         serving process's cost when the checker has a core of its own
+  sink-0.1-apart        the same at sample_rate 0.1
   sink-1.0-drain        the same tap sending to a process on core 1 that only reads
                         and discards (no checking beside wrk): the serving process's
                         cost apart from what the sidecar's CPU takes from wrk's core
@@ -91,6 +92,7 @@ SERVER_VARIANTS = (
     "bare", "noop", "noop-loaded", "skew-0.0", "skew-0.1", "skew-1.0", "skew-all", "sink-0.1",
     "sink-1.0", "sink-1.0-apart", "sink-1.0-drain", "exporter", "skew-0.1-tap-only",
     "skew-0.1-queue-only", "skew-all-tap-only", "skew-0.1-no-pause",
+    "sink-0.1-apart",
 )  # fmt: skip
 
 
@@ -107,6 +109,7 @@ SKEW_OPTIONS: dict[str, SkewOptions] = {
     "sink-0.1": {"sample_rate": 0.1},
     "sink-1.0": {"sample_rate": 1.0},
     "sink-1.0-apart": {"sample_rate": 1.0},
+    "sink-0.1-apart": {"sample_rate": 0.1},
     "sink-1.0-drain": {"sample_rate": 1.0},
     "skew-0.1-tap-only": {"sample_rate": 0.1},
     "skew-0.1-queue-only": {"sample_rate": 0.1},
@@ -120,8 +123,8 @@ RUNS: dict[str, tuple[str, str | None]] = {
     "skew-1.0+scrape-prom": ("skew-1.0", "/metrics-prom/"),
 }
 FIXED_LOAD_RUNS = (
-    "noop", "skew-0.1", "skew-0.1-no-pause", "skew-1.0", "skew-all", "sink-0.1", "sink-1.0",
-    "sink-1.0-apart",
+    "noop", "skew-0.1", "skew-0.1-no-pause", "skew-1.0", "skew-all",
+    "sink-0.1", "sink-1.0", "sink-1.0-apart",
     "skew-1.0+scrape",
     "skew-1.0+scrape-prom",
 )  # fmt: skip
@@ -888,9 +891,16 @@ def main() -> None:
         help="keep each server process for all rounds (default: fresh processes per round)",
     )
     parser.add_argument(
+        "--fixed-only",
+        action="store_true",
+        help="only the fixed-load phase (needs --rate): p99 comparisons in half the time",
+    )
+    parser.add_argument(
         "--runs", help=f"comma-separated subset of: {', '.join(RUNS)} (noop is always run)"
     )
     args = parser.parse_args()
+    if args.fixed_only and not args.rate:
+        sys.exit("--fixed-only needs --rate (the fixed load comes from the closed loop's)")
     if shutil.which("wrk") is None:
         sys.exit("wrk is not on PATH. Install it with: apt-get update && apt-get install -y wrk")
     if shutil.which("taskset") is None:
@@ -918,7 +928,7 @@ def main() -> None:
         try:
             bench.start(tmp, dict.fromkeys(v for v, _ in runs.values()))
             bench.runs = runs
-            results = bench.closed_loop(runs)
+            results = {} if args.fixed_only else bench.closed_loop(runs)
             rate = args.rate or round(median([x.rps for x in results["noop"]]) / 2, -1)
             fixed = bench.fixed_load(rate)
         finally:
@@ -1059,24 +1069,15 @@ def source_state() -> str:
     return f"sidecar/ at commit {head}" + (" with uncommitted changes" if dirty else "")
 
 
-def report(
-    args: argparse.Namespace,
-    measured: str,
-    results: dict[str, list[Run]],
-    fixed: dict[str, list[OpenRun]],
-    rate: float,
-    notes: list[str],
-) -> None:
+def closed_loop_table(args: argparse.Namespace, results: dict[str, list[Run]]) -> None:
     http, loop = server_stack()
-    noop, noop_fixed = results["noop"], fixed["noop"]
-    print("$ " + shlex.join(["python", "bench/serving_load.py", *sys.argv[1:]]))
+    noop = results["noop"]
     print(
         f"closed loop: wrk -t1 -c{args.connections}, {args.duration:g} s per run, median of "
         f"{args.rounds} interleaved rounds; uvicorn 1 worker, --http {http}, --loop {loop}; "
         "server on core 0, load on core 1"
         + ("; fresh server processes each round" if args.fresh else "")
     )
-    print(measured)
     print()
     rows = []
     for name, runs in results.items():
@@ -1104,6 +1105,22 @@ def report(
     header += ["sidecar µs/req", "checked", "samples/batch"]
     print(table([*header, "scrape ms med/max", "other load % c0/c1", "errors"], rows))
     print()
+
+
+def report(
+    args: argparse.Namespace,
+    measured: str,
+    results: dict[str, list[Run]],
+    fixed: dict[str, list[OpenRun]],
+    rate: float,
+    notes: list[str],
+) -> None:
+    noop, noop_fixed = results.get("noop", []), fixed["noop"]
+    print("$ " + shlex.join(["python", "bench/serving_load.py", *sys.argv[1:]]))
+    print(measured)
+    print()
+    if results:  # none with --fixed-only
+        closed_loop_table(args, results)
     print(
         f"fixed offered load: {rate:,.0f} req/s (about half the noop's capacity), open loop "
         f"on {args.connections} connections, latency from the scheduled send time"

@@ -135,13 +135,6 @@ class Pacer:
             self._step_aside()
             self.since = time.perf_counter()
 
-    def tick_holding_lock(self) -> None:
-        """`tick` where the worker holds a lock others may wait on (a scrape reading the
-        totals): it offers the GIL but never sleeps."""
-        if time.perf_counter() - self.since >= self.slice:
-            self.sleep(0)
-            self.since = time.perf_counter()
-
     def _step_aside(self) -> None:
         if self.activity is not None and self.busy_pause > 0:
             seen = self.activity()
@@ -720,10 +713,14 @@ class Monitor:
         for j, (engine, rows) in enumerate(batches):
             for i in range(0, len(rows), step):
                 try:
+                    # The check may pause for the serving thread with the lock held: a
+                    # scrape waits for one chunk of rows at most, with its pauses. The
+                    # lock is not released there: a scrape would see a half-counted
+                    # chunk, whose unknown-feature count can be lower than the last one.
                     with self._lock:
                         self._checked += 1  # the running totals changed
                         if ids is None or self._recorders is None:
-                            engine.check(rows[i : i + step], self.pacer.tick_holding_lock)
+                            engine.check(rows[i : i + step], self.pacer.tick)
                         else:  # the same check, and the offending values as evidence
                             self._recorders[j].check(rows[i : i + step], ids[j][i : i + step], now)
                 except Exception:

@@ -176,8 +176,8 @@ def test_the_worker_offers_the_gil_once_per_slice_of_work() -> None:
 
 def test_the_worker_steps_aside_while_requests_arrive_unless_it_falls_behind() -> None:
     """Requests that arrived during its slice: the worker sleeps busy_pause_seconds (the
-    serving thread has the core to itself). None, a queue half full, or a lock held that
-    a scrape may wait on: it only offers the GIL (sleep(0))."""
+    serving thread has the core to itself). None, or a queue half full: it only offers
+    the GIL (sleep(0))."""
     sleeps: list[float] = []
     requests, behind = 0, False
     pacer = worker.Pacer(0.0, busy_pause_seconds=0.002, sleep=sleeps.append)
@@ -189,10 +189,30 @@ def test_the_worker_steps_aside_while_requests_arrive_unless_it_falls_behind() -
     pacer.tick()  # none since
     requests, behind = 4, True
     pacer.tick()  # one arrived, but the queue is filling
-    behind = False
-    requests = 5
-    pacer.tick_holding_lock()  # arrived, but others may wait on the worker's lock
-    assert sleeps == [0, 0.002, 0, 0, 0]
+    assert sleeps == [0, 0.002, 0, 0]
+
+
+def test_the_worker_steps_aside_inside_the_check_too(baseline: Baseline) -> None:
+    """The engine's check is most of the worker's time: it pauses there as well, with
+    the lock held (a scrape waits at most one chunk of rows)."""
+    monitor = Monitor(baseline, registry=None, gil_slice_seconds=0.0, busy_pause_seconds=0.5)
+    requests = iter(range(1, 1_000_000))
+    monitor.pacer.activity = lambda: next(requests)  # a request during every slice
+    in_check: list[bool] = []  # for each pause: whether the worker was inside a check
+
+    def sleep(seconds: float) -> None:
+        assert seconds == 0.5  # requests arrived during every slice: always a pause
+        in_check.append(monitor._lock.locked())
+
+    monitor.pacer.sleep = sleep
+    body = orjson.dumps({"x": 1.0, "y": 2, "c": "a", "d": "u", "v": [1.0, 2.0]})
+    for _ in range(50):
+        monitor.submit(Sample((body,)))
+    monitor.process_pending()
+    assert monitor.counts.checked == 50
+    assert in_check.count(False) >= 50  # before each sample it parses
+    # Between the features the numeric block leaves (c, d, v), and its row chunks.
+    assert in_check.count(True) >= 3
 
 
 def test_the_monitor_paces_its_worker_by_the_requests_its_tap_counts(
