@@ -551,7 +551,8 @@ class Engine:
 
     def check(self, rows: Sequence[Any], pause: Callable[[], None] = _no_pause) -> None:
         """Accumulate a batch of rows (dicts) into the current window. `pause` is called
-        between features (the worker offers the GIL there when its slice is up)."""
+        between features (the worker offers the GIL there when its slice is up, or
+        steps aside for the serving thread)."""
         if not set(map(type, rows)) <= _DICTS:
             kept = [row for row in rows if isinstance(row, dict)]
             self.window.rejected_rows += len(rows) - len(kept)

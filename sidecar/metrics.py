@@ -533,8 +533,9 @@ class SkewCollector(SkippedInThread, Collector):
 
     def _snapshots(self) -> Iterator[MonitorSnapshot]:
         # In slices: the registry's other collectors, then per model its snapshot
-        # (0.7 ms for 32 features) and its lines (0.3 ms), so a scrape never holds the
-        # GIL for long at a time. text() runs in a thread, never on the event loop.
+        # (0.7 ms for 32 features, and it may wait for the worker's check in progress)
+        # and its lines (0.3 ms), so a scrape never holds the GIL for long at a time.
+        # text() runs in a thread, never on the event loop.
         for monitor in self._current():
             _offer_gil()
             snapshot = monitor.snapshot()

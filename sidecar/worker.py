@@ -111,10 +111,21 @@ class Pacer:
     during the slice just done, it sleeps `busy_pause_seconds` instead of only offering
     the GIL, so a request being served gets the core to itself rather than meeting a
     worker slice at every turn of the event loop. Unless `behind()`: a queue filling up
-    means the worker must keep pace, and it only offers the GIL.
+    means the worker must keep pace, and it only offers the GIL. Inside the engine's
+    check, where the worker holds the lock a scrape reads under, it pauses once at most
+    (`hold`, `tick_holding`).
     """
 
-    __slots__ = ("activity", "behind", "busy_pause", "since", "slice", "sleep", "_seen")
+    __slots__ = (
+        "activity",
+        "behind",
+        "busy_pause",
+        "since",
+        "slice",
+        "sleep",
+        "_held_pause",
+        "_seen",
+    )
 
     def __init__(
         self,
@@ -129,24 +140,40 @@ class Pacer:
         self.activity: Callable[[], int] | None = None
         self.behind: Callable[[], bool] = lambda: False
         self._seen = 0
+        self._held_pause = False
 
     def tick(self) -> None:
         if time.perf_counter() - self.since >= self.slice:
-            self._step_aside()
+            self._step_aside(True)
             self.since = time.perf_counter()
 
-    def _step_aside(self) -> None:
+    def hold(self) -> None:
+        """The worker takes a lock a scrape may wait on: from now until the next `hold`,
+        `tick_holding` pauses once at most, so the scrape waits for one chunk's work and
+        one pause, not a pause per slice of it."""
+        self._held_pause = True
+
+    def tick_holding(self) -> None:
+        """`tick` while holding the lock `hold` announced."""
+        if time.perf_counter() - self.since >= self.slice:
+            if self._step_aside(self._held_pause):
+                self._held_pause = False
+            self.since = time.perf_counter()
+
+    def _step_aside(self, may_pause: bool) -> bool:
+        """Sleeps busy_pause (True) or only offers the GIL (False)."""
         if self.activity is not None and self.busy_pause > 0:
             seen = self.activity()
             if seen != self._seen:
                 self._seen = seen
-                if not self.behind():
+                if may_pause and not self.behind():
                     self.sleep(self.busy_pause)  # the GIL and the core, for a while
-                    return
+                    return True
         # Hands the GIL over if the serving thread asked for it (after a switch interval,
         # 5 ms), so it waits at most one slice. os.sched_yield would hand it over at once,
         # but the bench measured it to cost more CPU than the checking itself.
         self.sleep(0)
+        return False
 
 
 def _bump(counts: dict[str, int], key: str, n: int = 1) -> None:
@@ -713,14 +740,15 @@ class Monitor:
         for j, (engine, rows) in enumerate(batches):
             for i in range(0, len(rows), step):
                 try:
-                    # The check may pause for the serving thread with the lock held: a
-                    # scrape waits for one chunk of rows at most, with its pauses. The
-                    # lock is not released there: a scrape would see a half-counted
+                    # The check pauses once at most for the serving thread with the lock
+                    # held (a scrape waits for about one chunk's work and one pause). The
+                    # lock is not released for it: a scrape would see a half-counted
                     # chunk, whose unknown-feature count can be lower than the last one.
                     with self._lock:
                         self._checked += 1  # the running totals changed
+                        self.pacer.hold()
                         if ids is None or self._recorders is None:
-                            engine.check(rows[i : i + step], self.pacer.tick)
+                            engine.check(rows[i : i + step], self.pacer.tick_holding)
                         else:  # the same check, and the offending values as evidence
                             self._recorders[j].check(rows[i : i + step], ids[j][i : i + step], now)
                 except Exception:

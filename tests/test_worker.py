@@ -192,27 +192,25 @@ def test_the_worker_steps_aside_while_requests_arrive_unless_it_falls_behind() -
     assert sleeps == [0, 0.002, 0, 0]
 
 
-def test_the_worker_steps_aside_inside_the_check_too(baseline: Baseline) -> None:
-    """The engine's check is most of the worker's time: it pauses there as well, with
-    the lock held (a scrape waits at most one chunk of rows)."""
+def test_the_worker_steps_aside_once_inside_each_check(baseline: Baseline) -> None:
+    """The engine's check is most of the worker's time: it pauses there as well, with the
+    lock a scrape reads under held, but once per check at most (a scrape waits for one
+    chunk's work and one pause); its other ticks there only offer the GIL."""
     monitor = Monitor(baseline, registry=None, gil_slice_seconds=0.0, busy_pause_seconds=0.5)
     requests = iter(range(1, 1_000_000))
     monitor.pacer.activity = lambda: next(requests)  # a request during every slice
-    in_check: list[bool] = []  # for each pause: whether the worker was inside a check
-
-    def sleep(seconds: float) -> None:
-        assert seconds == 0.5  # requests arrived during every slice: always a pause
-        in_check.append(monitor._lock.locked())
-
-    monitor.pacer.sleep = sleep
+    sleeps: list[tuple[float, bool]] = []  # (seconds, whether the lock was held)
+    monitor.pacer.sleep = lambda seconds: sleeps.append((seconds, monitor._lock.locked()))
     body = orjson.dumps({"x": 1.0, "y": 2, "c": "a", "d": "u", "v": [1.0, 2.0]})
-    for _ in range(50):
+    for _ in range(300):  # three batches (batch_samples 128), each one check
         monitor.submit(Sample((body,)))
     monitor.process_pending()
-    assert monitor.counts.checked == 50
-    assert in_check.count(False) >= 50  # before each sample it parses
-    # Between the features the numeric block leaves (c, d, v), and its row chunks.
-    assert in_check.count(True) >= 3
+    assert monitor.counts.checked == 300
+    assert not monitor.counts.errors
+    assert sleeps.count((0.5, False)) >= 300  # before each sample it parses
+    assert sleeps.count((0.5, True)) == 3  # one per check
+    # The other ticks of each check: the block's row chunks and the c, d, v features.
+    assert sleeps.count((0, True)) >= 3 * 3
 
 
 def test_the_monitor_paces_its_worker_by_the_requests_its_tap_counts(
