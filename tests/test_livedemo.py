@@ -98,6 +98,10 @@ def test_the_live_demo_names_every_injected_bug_over_http_and_shuts_the_server_d
     assert set(threading.enumerate()) <= before
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_ends_the_live_demo_with_a_summary_and_exit_status_0() -> None:
     demo = subprocess.Popen(
         [sys.executable, "-m", "sidecar", "demo", "--duration", "60"],
@@ -106,6 +110,9 @@ def test_ctrl_c_ends_the_live_demo_with_a_summary_and_exit_status_0() -> None:
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         cwd=REPO,
+        # Ctrl-C as a terminal delivers it: a test run started in the background (`&`)
+        # ignores SIGINT, and the demo would inherit that and never see it.
+        preexec_fn=_default_sigint,
     )
     try:
         assert demo.stdout is not None
