@@ -341,12 +341,10 @@ def die_with_parent() -> None:
 # sink-1.0-drain's receiver: reads every datagram and drops it; --port is a dummy (its
 # readiness is the bound socket, see wait_sidecar).
 DRAIN = """
-import os, socket, sys
+import socket, sys
 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-if os.path.exists(sys.argv[1]):
-    os.unlink(sys.argv[1])
-sock.bind(sys.argv[1])
+sock.bind(sys.argv[1])  # start_server removed an earlier run's socket
 while True:
     sock.recv(1 << 20)
 """

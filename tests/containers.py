@@ -21,8 +21,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.exposition import metric_sum
 from tests.tools import required
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,9 +126,4 @@ def metric_total(url: str, name: str, **labels: str) -> float:
         text = httpx.get(url, timeout=2).text
     except httpx.HTTPError:
         return 0.0
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
+    return metric_sum(text, name, **labels)

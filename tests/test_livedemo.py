@@ -15,11 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import cli
 from sidecar.cli import main
 from sidecar.demo import LIVE_BUGS
+from tests.exposition import metric_sum
 from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,11 +41,7 @@ def refused(port: int) -> bool:
 
 
 def requests_seen(text: str) -> float:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "skew_requests_seen_total" and sample.labels["model"] == "churn":
-                return sample.value
-    return 0.0
+    return metric_sum(text, "skew_requests_seen_total", model="churn")
 
 
 def watch(port: int, done: threading.Event, seen: dict[str, Any]) -> None:
