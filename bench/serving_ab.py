@@ -47,7 +47,7 @@ SKIP_ENV = "SERVING_AB_SKIP"
 IN_PROCESS = (
     "noop", "skew-0.0", "skew-0.1", "skew-1.0", "skew-all", "sink-1.0-apart", "sink-1.0-drain",
     "skew-0.1-tap-only", "skew-0.1-queue-only", "skew-all-tap-only", "skew-0.1-no-pause",
-    "sink-0.1-apart",
+    "sink-0.1-apart", "skew-0.0-pure", "skew-0.1-pure", "sink-0.1-pure-apart",
 )  # fmt: skip
 
 

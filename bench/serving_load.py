@@ -36,6 +36,9 @@ medians; ratios are medians of per-round ratios against the no-op middleware, wi
                         cost of queueing, waking the worker and keeping samples a while
   skew-0.1-no-pause     skew-0.1 whose worker never steps aside while requests arrive
                         (busy_pause_seconds 0: only offers the GIL between slices)
+  skew-0.0-pure, skew-0.1-pure, sink-0.1-pure-apart
+                        the same with the pure-Python gate (SKEW_SIDECAR_PURE_PYTHON=1),
+                        as where no C compiler was found at install
   skew-1.0+scrape       skew-1.0 while a thread GETs /metrics once a second
                         (sidecar.metrics_app: renders in a thread)
   skew-1.0+scrape-prom  the same with prometheus_client's make_asgi_app (renders on
@@ -92,8 +95,9 @@ SERVER_VARIANTS = (
     "bare", "noop", "noop-loaded", "skew-0.0", "skew-0.1", "skew-1.0", "skew-all", "sink-0.1",
     "sink-1.0", "sink-1.0-apart", "sink-1.0-drain", "exporter", "skew-0.1-tap-only",
     "skew-0.1-queue-only", "skew-all-tap-only", "skew-0.1-no-pause",
-    "sink-0.1-apart",
+    "sink-0.1-apart", "skew-0.0-pure", "skew-0.1-pure", "sink-0.1-pure-apart",
 )  # fmt: skip
+PURE = "-pure"  # in a variant's name: the pure-Python gate (sidecar/gate.py)
 
 
 class SkewOptions(TypedDict, total=False):
@@ -115,6 +119,9 @@ SKEW_OPTIONS: dict[str, SkewOptions] = {
     "skew-0.1-queue-only": {"sample_rate": 0.1},
     "skew-0.1-no-pause": {"sample_rate": 0.1},
     "skew-all-tap-only": {"sample_rate": 1.0, "max_samples_per_second": 1e9},
+    "skew-0.0-pure": {"sample_rate": 0.0},
+    "skew-0.1-pure": {"sample_rate": 0.1},
+    "sink-0.1-pure-apart": {"sample_rate": 0.1},
 }
 # run name -> (server variant, path scraped once a second during the run, or None)
 RUNS: dict[str, tuple[str, str | None]] = {
@@ -384,6 +391,8 @@ def start_server(
         "PYTHONPATH": repo + (os.pathsep + path if path else ""),
         **(extra_env or {}),
     }
+    if PURE in variant:
+        env["SKEW_SIDECAR_PURE_PYTHON"] = "1"
     sidecar = None
     if variant.startswith("sink-"):
         path = os.path.join(log_dir, variant + ".sock")

@@ -21,6 +21,7 @@ from .admin import protected
 from .baseline import Baseline, BaselineError
 from .debug import debug_app
 from .evidence import EvidenceOptions
+from .gate import COMPILED, Gate
 from .metrics import UNKNOWN_MODEL_REQUESTS
 from .models import Routes, model_from_path
 from .multiprocess import multiprocess_dir
@@ -64,7 +65,7 @@ class _UnknownModels(Collector):
 _UNROUTED: Any = object()  # a path not looked at yet
 
 
-class SkewMiddleware:
+class SkewMiddleware(Gate):
     """Samples inference requests (and responses) and checks them against a baseline.
 
     ```python
@@ -129,6 +130,9 @@ class SkewMiddleware:
                 f"'/skew.json'), got {debug_path!r}"
             )
         self.app = app
+        # Calls go through the type's `__call__` (the gate); `self.__call__`, which
+        # servers inspect to tell ASGI 3 from ASGI 2, is a coroutine function.
+        self.__dict__["__call__"] = self._call
         monitors: dict[str, Monitor | DatagramSink] = {}
         multiprocess = False
         if sink is not None:
@@ -199,38 +203,50 @@ class SkewMiddleware:
         self.max_body_bytes = max_body_bytes
         self._routed: dict[str, _Target | None] = {}  # path -> target, for the first paths
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """One request's way through the middleware, returned for the caller to await
+        (the app's own coroutine, for most requests). The compiled gate takes unsampled
+        requests on paths it has seen itself and sends the rest here."""
         # Every request pays for this branch: a few dict lookups and one decrement.
-        if self.debug_paths and scope["type"] == "http" and scope["path"] in self.debug_paths:
-            await self.debug_app(scope, receive, send)
-            return
-        if scope["type"] == "http" and scope["method"] in self.methods:
-            target = self._routed.get(scope["path"], _UNROUTED)
-            if target is _UNROUTED:
-                target = self._route(scope["path"])
-            if target is not None:
-                sampler = target.sampler
-                sampler.countdown -= 1
-                if sampler.countdown <= 0 and self._take(target):
-                    tap = _Tap(
-                        target.monitor,
-                        target.sample_responses,
-                        self.max_body_bytes,
-                        scope,
-                        receive,
-                        send,
-                    )
-                    if target.sample_responses:
-                        await self.app(scope, tap.receive, tap.send)
-                    else:
-                        # Nothing to read in the response: the request is submitted once
-                        # its body is complete, and `send` goes untouched.
-                        await self.app(scope, tap.receive, send)
-                    return
-        elif scope["type"] == "lifespan":
-            await self._lifespan(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+        kind = scope["type"]
+        if kind == "http":
+            if self.debug_paths and scope["path"] in self.debug_paths:
+                return self.debug_app(scope, receive, send)
+            if scope["method"] in self.methods:
+                target = self._routed.get(scope["path"], _UNROUTED)
+                if target is _UNROUTED:
+                    target = self._route(scope["path"])
+                if target is not None:
+                    sampler = target.sampler
+                    sampler.countdown -= 1
+                    if sampler.countdown <= 0:
+                        return self._sampled(target, scope, receive, send)
+        elif kind == "lifespan":
+            return self._lifespan(scope, receive, send)
+        return self.app(scope, receive, send)
+
+    if not COMPILED:
+        __call__ = _dispatch  # no frame of its own: returns the app's coroutine
+
+    async def _call(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A call, as an `async def`: `self.__call__` for servers that look at it to tell
+        ASGI 3 from ASGI 2 (uvicorn, hypercorn, asgiref) or call it by that name."""
+        await type(self).__call__(self, scope, receive, send)
+
+    def _sampled(
+        self, target: _Target, scope: Scope, receive: Receive, send: Send
+    ) -> Awaitable[None]:
+        """The sampler's countdown ran out: tap this request unless the cap refuses."""
+        if not self._take(target):
+            return self.app(scope, receive, send)
+        tap = _Tap(
+            target.monitor, target.sample_responses, self.max_body_bytes, scope, receive, send
+        )
+        if target.sample_responses:
+            return self.app(scope, tap.receive, tap.send)
+        # Nothing to read in the response: the request is submitted once its body is
+        # complete, and `send` goes untouched.
+        return self.app(scope, tap.receive, send)
 
     def reload_baselines(self) -> None:
         """Look at the baseline files now (with baseline_poll_seconds); each monitor's

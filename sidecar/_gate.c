@@ -1,0 +1,276 @@
+/* The middleware's per-request gate, compiled: decide in C whether a request is one
+ * to sample, and hand every other one to the app without running any Python.
+ *
+ * SkewMiddleware subclasses `Gate`. A call looks at the scope (type, method, path),
+ * finds the path's target in the middleware's `_routed` cache and counts its sampler
+ * down, all through the C API; an unsampled request then returns `app(scope, receive,
+ * send)`, the app's own coroutine. Anything else (a sampled request, a path not cached
+ * yet, lifespan, websocket, the debug page, a scope that is not a plain dict, any
+ * error) goes to the Python method `_dispatch`, which does exactly what the pure-Python
+ * gate (sidecar/gate.py) does for every request. So the C path only ever skips work
+ * whose outcome is "pass the request through untouched", and it never raises where
+ * the Python path would not.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *app;
+    PyObject *methods;     /* frozenset of upper-case methods that are watched */
+    PyObject *routed;      /* dict: path -> target (or None: not watched) */
+    PyObject *debug_paths; /* frozenset, empty unless the debug page is served */
+    vectorcallfunc vectorcall;
+} Gate;
+
+static PyObject *s_type, *s_http, *s_method, *s_path, *s_sampler, *s_countdown,
+    *s_dispatch, *s_sampled;
+
+static PyObject *
+slow(Gate *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    /* self._dispatch(*args): the whole decision in Python. */
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+    PyObject *small[8];
+    PyObject **stack = small;
+    if (total + 1 > 8) {
+        stack = PyMem_Malloc((total + 1) * sizeof(PyObject *));
+        if (stack == NULL) {
+            return PyErr_NoMemory();
+        }
+    }
+    stack[0] = (PyObject *)self;
+    for (Py_ssize_t i = 0; i < total; i++) {
+        stack[i + 1] = args[i];
+    }
+    PyObject *result = PyObject_VectorcallMethod(s_dispatch, stack, (nargs + 1), kwnames);
+    if (stack != small) {
+        PyMem_Free(stack);
+    }
+    return result;
+}
+
+/* Count the target's sampler down by one; -1 with no error set: not possible here (the
+ * caller takes the slow path, nothing was changed), else 0 (keep counting) or 1 (the
+ * countdown ran out: this request may be sampled). */
+static int
+count_down(PyObject *target)
+{
+    PyObject *sampler = PyObject_GetAttr(target, s_sampler);
+    if (sampler == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    PyObject *current = PyObject_GetAttr(sampler, s_countdown);
+    if (current == NULL || !PyLong_CheckExact(current)) {
+        Py_XDECREF(current);
+        Py_DECREF(sampler);
+        PyErr_Clear();
+        return -1;
+    }
+    int overflow = 0;
+    long long value = PyLong_AsLongLongAndOverflow(current, &overflow);
+    Py_DECREF(current);
+    if (overflow || (value == -1 && PyErr_Occurred()) || value == LLONG_MIN) {
+        Py_DECREF(sampler);
+        PyErr_Clear();
+        return -1;
+    }
+    PyObject *next = PyLong_FromLongLong(value - 1);
+    if (next == NULL || PyObject_SetAttr(sampler, s_countdown, next) < 0) {
+        Py_XDECREF(next);
+        Py_DECREF(sampler);
+        PyErr_Clear();
+        return -1;
+    }
+    Py_DECREF(next);
+    Py_DECREF(sampler);
+    return value - 1 <= 0;
+}
+
+static PyObject *
+gate_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Gate *self = (Gate *)callable;
+    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL || self->app == NULL
+        || self->methods == NULL || !PyAnySet_Check(self->methods) || self->routed == NULL
+        || !PyDict_CheckExact(self->routed) || self->debug_paths == NULL
+        || !PyAnySet_Check(self->debug_paths) || PySet_GET_SIZE(self->debug_paths) != 0) {
+        return slow(self, args, nargsf, kwnames);
+    }
+    PyObject *scope = args[0];
+    if (!PyDict_CheckExact(scope)) {
+        return slow(self, args, nargsf, kwnames);
+    }
+    /* Borrowed references: the scope and the cache hold them while we look. */
+    PyObject *kind = PyDict_GetItemWithError(scope, s_type);
+    if (kind == NULL || !PyUnicode_CheckExact(kind)
+        || (kind != s_http && PyUnicode_Compare(kind, s_http) != 0)) {
+        PyErr_Clear();
+        return slow(self, args, nargsf, kwnames); /* lifespan, websocket, ... */
+    }
+    PyObject *method = PyDict_GetItemWithError(scope, s_method);
+    if (method == NULL) {
+        PyErr_Clear();
+        return slow(self, args, nargsf, kwnames);
+    }
+    int watched = PySet_Contains(self->methods, method);
+    if (watched < 0) {
+        PyErr_Clear();
+        return slow(self, args, nargsf, kwnames);
+    }
+    if (watched) {
+        PyObject *path = PyDict_GetItemWithError(scope, s_path);
+        if (path == NULL || !PyUnicode_CheckExact(path)) {
+            PyErr_Clear();
+            return slow(self, args, nargsf, kwnames);
+        }
+        PyObject *target = PyDict_GetItemWithError(self->routed, path);
+        if (target == NULL) {
+            PyErr_Clear();
+            return slow(self, args, nargsf, kwnames); /* a path not seen yet */
+        }
+        if (target != Py_None) {
+            Py_INCREF(target);
+            int due = count_down(target);
+            if (due < 0) {
+                Py_DECREF(target);
+                return slow(self, args, nargsf, kwnames);
+            }
+            if (due) {
+                /* self._sampled(target, scope, receive, send) */
+                PyObject *stack[5] = {(PyObject *)self, target, args[0], args[1], args[2]};
+                PyObject *result = PyObject_VectorcallMethod(
+                    s_sampled, stack, 5, NULL);
+                Py_DECREF(target);
+                return result;
+            }
+            Py_DECREF(target);
+        }
+    }
+    return PyObject_Vectorcall(self->app, args, 3, NULL);
+}
+
+static PyObject *
+gate_call(PyObject *callable, PyObject *args, PyObject *kwargs)
+{
+    /* Python subclasses (SkewMiddleware) do not inherit vectorcall before 3.12. */
+    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
+        PyObject *method = PyObject_GetAttr(callable, s_dispatch);
+        if (method == NULL) {
+            return NULL;
+        }
+        PyObject *result = PyObject_Call(method, args, kwargs);
+        Py_DECREF(method);
+        return result;
+    }
+    return gate_vectorcall(callable, &PyTuple_GET_ITEM(args, 0), (size_t)nargs, NULL);
+}
+
+static int
+gate_traverse(Gate *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->app);
+    Py_VISIT(self->methods);
+    Py_VISIT(self->routed);
+    Py_VISIT(self->debug_paths);
+    return 0;
+}
+
+static int
+gate_clear(Gate *self)
+{
+    Py_CLEAR(self->app);
+    Py_CLEAR(self->methods);
+    Py_CLEAR(self->routed);
+    Py_CLEAR(self->debug_paths);
+    return 0;
+}
+
+static void
+gate_dealloc(Gate *self)
+{
+    PyObject_GC_UnTrack(self);
+    gate_clear(self);
+    PyTypeObject *type = Py_TYPE(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+static PyObject *
+gate_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    Gate *self = (Gate *)type->tp_alloc(type, 0);
+    if (self != NULL) {
+        self->vectorcall = gate_vectorcall;
+    }
+    return (PyObject *)self;
+}
+
+static PyMemberDef gate_members[] = {
+    {"app", T_OBJECT_EX, offsetof(Gate, app), 0, "the wrapped ASGI app"},
+    {"methods", T_OBJECT_EX, offsetof(Gate, methods), 0, "watched methods (frozenset)"},
+    {"_routed", T_OBJECT_EX, offsetof(Gate, routed), 0, "path -> target cache (dict)"},
+    {"debug_paths", T_OBJECT_EX, offsetof(Gate, debug_paths), 0, "the debug page's paths"},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(Gate, vectorcall), READONLY},
+    {NULL},
+};
+
+static PyType_Slot gate_slots[] = {
+    {Py_tp_doc, "The compiled per-request gate of SkewMiddleware (see sidecar/gate.py)."},
+    {Py_tp_new, gate_new},
+    {Py_tp_call, gate_call},
+    {Py_tp_traverse, gate_traverse},
+    {Py_tp_clear, gate_clear},
+    {Py_tp_dealloc, gate_dealloc},
+    {Py_tp_members, gate_members},
+    {0, NULL},
+};
+
+static PyType_Spec gate_spec = {
+    .name = "sidecar._gate.Gate",
+    .basicsize = sizeof(Gate),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC
+             | Py_TPFLAGS_HAVE_VECTORCALL,
+    .slots = gate_slots,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "sidecar._gate",
+    .m_doc = "The middleware's per-request gate, compiled (see sidecar/gate.py).",
+    .m_size = -1,
+};
+
+static int
+intern(PyObject **slot, const char *text)
+{
+    *slot = PyUnicode_InternFromString(text);
+    return *slot == NULL ? -1 : 0;
+}
+
+PyMODINIT_FUNC
+PyInit__gate(void)
+{
+    if (intern(&s_type, "type") < 0 || intern(&s_http, "http") < 0
+        || intern(&s_method, "method") < 0 || intern(&s_path, "path") < 0
+        || intern(&s_sampler, "sampler") < 0 || intern(&s_countdown, "countdown") < 0
+        || intern(&s_dispatch, "_dispatch") < 0 || intern(&s_sampled, "_sampled") < 0) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) {
+        return NULL;
+    }
+    PyObject *type = PyType_FromSpec(&gate_spec);
+    if (type == NULL || PyModule_AddObject(m, "Gate", type) < 0) {
+        Py_XDECREF(type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

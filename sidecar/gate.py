@@ -1,0 +1,47 @@
+"""SkewMiddleware's per-request gate: the compiled one (sidecar/_gate.c) when it was
+built, else a plain base class and the same decision made in Python.
+
+Every request to a Starlette/FastAPI app passes the gate, sampled or not. In Python it
+costs about as much as a no-op middleware does again: calling an instance's
+`__call__`, then a few dict lookups and the sampler's countdown. The compiled gate does
+the same lookups through the C API and hands unsampled requests to the app without
+running any Python; everything else (sampled requests, paths not seen yet, lifespan,
+websocket, the debug page) it passes to `SkewMiddleware._dispatch`, the Python
+decision, so both gates behave the same.
+
+`SKEW_SIDECAR_PURE_PYTHON=1` in the environment selects the Python gate even where the
+compiled one was built.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import TYPE_CHECKING, Any
+
+from starlette.types import ASGIApp
+
+
+def _compiled() -> Any:
+    if os.environ.get("SKEW_SIDECAR_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        return importlib.import_module(f"{__package__}._gate").Gate
+    except ImportError:  # installed where no C compiler was found
+        return None
+
+
+class PythonGate:
+    """The Python gate's base: SkewMiddleware's `__call__` is then its `_dispatch`."""
+
+    app: ASGIApp
+    methods: frozenset[str]
+    _routed: dict[str, Any]
+    debug_paths: frozenset[str]
+
+
+if TYPE_CHECKING:
+    Gate = PythonGate
+else:
+    Gate = _compiled() or PythonGate
+COMPILED = Gate is not PythonGate

@@ -1,0 +1,224 @@
+"""The per-request gate: the compiled one (sidecar/_gate.c) and the Python one decide
+the same, and the compiled one runs no Python for unsampled requests."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+import os
+import subprocess
+import sys
+import weakref
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from starlette.types import Message, Receive, Scope, Send
+
+from sidecar import Baseline
+from sidecar.gate import COMPILED
+from sidecar.middleware import SkewMiddleware
+from tests.asgi import request
+
+ROOT = Path(__file__).resolve().parent.parent
+compiled_only = pytest.mark.skipif(not COMPILED, reason="the compiled gate is not built here")
+
+
+@pytest.fixture
+def baseline() -> Baseline:
+    return Baseline.from_records([{"x": float(i % 10)} for i in range(200)])
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "http":
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+class Counting(SkewMiddleware):
+    """Counts the requests the compiled gate hands to the Python decision."""
+
+    dispatched = 0
+
+    def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        self.dispatched += 1
+        return super()._dispatch(scope, receive, send)
+
+
+def middleware(
+    baseline: Baseline, cls: type[SkewMiddleware] = SkewMiddleware, **options: Any
+) -> Any:
+    mw = cls(app, baseline=baseline, registry=CollectorRegistry(), **options)
+    mw.monitor._thread = object()  # "started": samples stay queued, no thread to stop
+    return mw
+
+
+def scope(method: str = "POST", path: str = "/predict") -> dict[str, Any]:
+    return {"type": "http", "method": method, "path": path, "headers": []}
+
+
+async def receive() -> Message:
+    return {"type": "http.request", "body": b'{"x": 1}'}
+
+
+async def send(message: Message) -> None:
+    pass
+
+
+def run(mw: Any, n: int, **kwargs: str) -> None:
+    async def drive() -> None:
+        for _ in range(n):
+            await mw(scope(**kwargs), receive, send)
+
+    asyncio.run(drive())
+
+
+def test_ci_builds_the_compiled_gate() -> None:
+    """Where CI runs, a C compiler is there: the tests must cover the compiled gate."""
+    if not os.environ.get("CI"):
+        pytest.skip("outside CI, a machine without a compiler runs the Python gate")
+    assert COMPILED or os.environ.get("SKEW_SIDECAR_PURE_PYTHON")
+
+
+@compiled_only
+def test_unsampled_requests_on_a_known_path_never_reach_python(baseline: Baseline) -> None:
+    mw = middleware(baseline, Counting, sample_rate=0.0)
+    run(mw, 100)
+    run(mw, 10, method="GET")  # not watched: passed through, in C too
+    assert mw.dispatched == 1  # the first request, which routed the path
+    sampler = mw.targets["default"].sampler
+    assert sampler.seen == 100  # the countdown went down in C
+
+
+def test_both_gates_sample_and_count_every_request_alike(baseline: Baseline) -> None:
+    mw = middleware(baseline, Counting, sample_rate=1.0)
+    run(mw, 50)
+    sampler = mw.targets["default"].sampler
+    assert sampler.seen == 50
+    assert mw.monitor.counts.sampled == 50
+    assert len(mw.monitor._queue) == 50
+    if COMPILED:  # (the Python gate's `__call__` is `_dispatch` itself: not counted)
+        assert mw.dispatched == 1  # sampled requests are tapped by Python, from C
+
+
+def test_the_rate_cap_still_decides_sampled_requests(baseline: Baseline) -> None:
+    mw = middleware(baseline, sample_rate=1.0, max_samples_per_second=10)
+    run(mw, 40)
+    sampler = mw.targets["default"].sampler
+    assert sampler.seen == 40
+    assert mw.monitor.counts.sampled == 10  # a second's worth of tokens
+    assert sampler.rate_limited == 30
+
+
+@pytest.mark.parametrize(
+    "odd",
+    ["scope is a dict subclass", "path is not a str", "methods is a list", "huge countdown"],
+)
+def test_what_the_compiled_gate_does_not_expect_goes_the_python_way(
+    baseline: Baseline, odd: str
+) -> None:
+    mw = middleware(baseline, Counting, sample_rate=0.0)
+    run(mw, 1)
+    given: Any = scope()
+    if odd == "scope is a dict subclass":
+        given = type("Scope", (dict,), {})(given)
+    elif odd == "path is not a str":
+        mw._routed[b"/predict"] = mw._routed["/predict"]
+        given["path"] = b"/predict"
+    elif odd == "methods is a list":
+        mw.methods = ["POST"]
+    else:
+        mw.targets["default"].sampler.countdown = 1 << 70
+
+    async def one() -> None:
+        await mw(given, receive, send)
+
+    before = mw.targets["default"].sampler.seen
+    asyncio.run(one())
+    if COMPILED:
+        assert mw.dispatched == 2
+    assert mw.targets["default"].sampler.seen == before + 1
+
+
+def test_a_scope_without_a_method_fails_as_it_would_in_python(baseline: Baseline) -> None:
+    mw = middleware(baseline)
+    with pytest.raises(KeyError, match="method"):
+        mw({"type": "http", "path": "/predict"}, receive, send)
+
+
+def test_keyword_calls_are_served(baseline: Baseline) -> None:
+    mw = middleware(baseline, sample_rate=0.0)
+    asyncio.run(mw(scope=scope(), receive=receive, send=send))
+    assert mw.targets["default"].sampler.seen == 1
+
+
+def test_the_gate_keeps_no_reference_to_a_request(baseline: Baseline) -> None:
+    mw = middleware(baseline, sample_rate=0.0)
+    run(mw, 1)
+    request_scope = scope()
+    target = mw._routed["/predict"]
+    counts = [sys.getrefcount(x) for x in (request_scope, receive, send, target, app)]
+
+    async def drive() -> None:
+        for _ in range(1000):
+            await mw(request_scope, receive, send)
+
+    asyncio.run(drive())
+    assert [sys.getrefcount(x) for x in (request_scope, receive, send, target, app)] == counts
+
+
+def test_a_middleware_in_a_reference_cycle_is_collected(baseline: Baseline) -> None:
+    mw = middleware(baseline, sample_rate=0.0)
+    mw.monitor._thread = None
+    mw.app = mw  # a cycle through the gate's own member
+    ref = weakref.ref(mw)
+    del mw
+    gc.collect()
+    assert ref() is None
+
+
+def test_servers_that_inspect_the_app_take_it_for_asgi3(baseline: Baseline) -> None:
+    """uvicorn, hypercorn and asgiref look at `app.__call__` to tell ASGI 3 from 2."""
+    from uvicorn.config import Config
+
+    mw = middleware(baseline)
+    assert inspect.iscoroutinefunction(mw.__call__)  # hypercorn
+    assert asyncio.iscoroutinefunction(mw.__call__)  # asgiref, uvicorn
+    config = Config(mw, log_config=None)
+    config.load()
+    assert config.interface == "asgi3"
+    # Called by that name, it does what a call does.
+    exchange = asyncio.run(request(mw.__call__, chunks=[b'{"x": 1}']))
+    assert (exchange.status, exchange.body) == (200, b"{}")
+    assert mw.monitor.counts.sampled == 1
+
+
+def test_the_middleware_adds_no_coroutine_of_its_own_to_a_request(baseline: Baseline) -> None:
+    for rate in (0.0, 1.0):
+        mw = middleware(baseline, sample_rate=rate)
+        returned = mw(scope(), receive, send)
+        assert asyncio.iscoroutine(returned) and returned.cr_code is app.__code__
+        returned.close()
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get("SKEW_SIDECAR_PURE_PYTHON")), reason="already the Python gate"
+)
+def test_the_python_gate_passes_the_middleware_tests() -> None:
+    """The fallback where no compiler was found runs the tap's own tests too."""
+    env = {**os.environ, "SKEW_SIDECAR_PURE_PYTHON": "1"}
+    files = ["tests/test_gate.py", "tests/test_middleware.py", "tests/test_hostile.py"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout
