@@ -15,7 +15,10 @@ ARG PYTHON_IMAGE=python:3.11-slim
 # the final stage installs them without build tools or pip's cache.
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# setup.py builds the compiled gate where the base image has a C compiler and the
+# Python headers; python:3.11-slim has neither, so the image runs the Python gate (the
+# sidecar process, the image's command, does not use the gate: it is SkewMiddleware's).
+COPY pyproject.toml setup.py README.md ./
 COPY sidecar ./sidecar
 RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[serve]'
 

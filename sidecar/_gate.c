@@ -8,8 +8,8 @@
  * yet, lifespan, websocket, the debug page, a scope that is not a plain dict, any
  * error) goes to the Python method `_dispatch`, which does exactly what the pure-Python
  * gate (sidecar/gate.py) does for every request. So the C path only ever skips work
- * whose outcome is "pass the request through untouched", and it never raises where
- * the Python path would not.
+ * whose outcome is "pass the request through untouched", and it raises only what the
+ * Python path would raise.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -52,42 +52,48 @@ slow(Gate *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
     return result;
 }
 
-/* Count the target's sampler down by one; -1 with no error set: not possible here (the
- * caller takes the slow path, nothing was changed), else 0 (keep counting) or 1 (the
- * countdown ran out: this request may be sampled). */
+/* Count the target's sampler down by one. Returns 1 when the countdown ran out (this
+ * request may be sampled), 0 to keep counting, -1 with an exception set (the Python
+ * path would raise it too), or -2 with none: a countdown this code does not handle
+ * (not an int, or beyond 64 bits), left unchanged for the Python path. */
 static int
 count_down(PyObject *target)
 {
     PyObject *sampler = PyObject_GetAttr(target, s_sampler);
     if (sampler == NULL) {
-        PyErr_Clear();
         return -1;
     }
     PyObject *current = PyObject_GetAttr(sampler, s_countdown);
-    if (current == NULL || !PyLong_CheckExact(current)) {
-        Py_XDECREF(current);
+    if (current == NULL) {
         Py_DECREF(sampler);
-        PyErr_Clear();
         return -1;
     }
     int overflow = 0;
-    long long value = PyLong_AsLongLongAndOverflow(current, &overflow);
+    long long value = PyLong_CheckExact(current)
+                          ? PyLong_AsLongLongAndOverflow(current, &overflow)
+                          : 0;
+    int handled = PyLong_CheckExact(current) && !overflow && value != LLONG_MIN;
     Py_DECREF(current);
-    if (overflow || (value == -1 && PyErr_Occurred()) || value == LLONG_MIN) {
+    if (!handled) {
         Py_DECREF(sampler);
-        PyErr_Clear();
-        return -1;
+        return -2;
     }
     PyObject *next = PyLong_FromLongLong(value - 1);
-    if (next == NULL || PyObject_SetAttr(sampler, s_countdown, next) < 0) {
-        Py_XDECREF(next);
-        Py_DECREF(sampler);
-        PyErr_Clear();
+    int failed = next == NULL || PyObject_SetAttr(sampler, s_countdown, next) < 0;
+    Py_XDECREF(next);
+    Py_DECREF(sampler);
+    if (failed) {
         return -1;
     }
-    Py_DECREF(next);
-    Py_DECREF(sampler);
     return value - 1 <= 0;
+}
+
+/* Exactly a set or frozenset: a subclass may change `in` or truth, which the C API's
+ * set functions would ignore. */
+static int
+exact_set(PyObject *o)
+{
+    return o != NULL && (PyFrozenSet_CheckExact(o) || PySet_CheckExact(o));
 }
 
 static PyObject *
@@ -95,62 +101,69 @@ gate_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObje
 {
     Gate *self = (Gate *)callable;
     if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL || self->app == NULL
-        || self->methods == NULL || !PyAnySet_Check(self->methods) || self->routed == NULL
-        || !PyDict_CheckExact(self->routed) || self->debug_paths == NULL
-        || !PyAnySet_Check(self->debug_paths) || PySet_GET_SIZE(self->debug_paths) != 0) {
+        || !exact_set(self->methods) || self->routed == NULL || !PyDict_CheckExact(self->routed)
+        || !exact_set(self->debug_paths) || PySet_GET_SIZE(self->debug_paths) != 0) {
         return slow(self, args, nargsf, kwnames);
     }
     PyObject *scope = args[0];
     if (!PyDict_CheckExact(scope)) {
         return slow(self, args, nargsf, kwnames);
     }
-    /* Borrowed references: the scope and the cache hold them while we look. */
+    /* The scope's values are exact str, so looking them up runs no Python code that
+     * could free what we hold; the containers are held all the same. Lookups that find
+     * nothing or meet a type not handled here go the Python way; an exception is
+     * raised as the Python path would raise it. */
     PyObject *kind = PyDict_GetItemWithError(scope, s_type);
     if (kind == NULL || !PyUnicode_CheckExact(kind)
         || (kind != s_http && PyUnicode_Compare(kind, s_http) != 0)) {
-        PyErr_Clear();
-        return slow(self, args, nargsf, kwnames); /* lifespan, websocket, ... */
+        return PyErr_Occurred() ? NULL : slow(self, args, nargsf, kwnames);
     }
     PyObject *method = PyDict_GetItemWithError(scope, s_method);
-    if (method == NULL) {
-        PyErr_Clear();
-        return slow(self, args, nargsf, kwnames);
+    if (method == NULL || !PyUnicode_CheckExact(method)) {
+        return PyErr_Occurred() ? NULL : slow(self, args, nargsf, kwnames);
     }
-    int watched = PySet_Contains(self->methods, method);
+    PyObject *methods = Py_NewRef(self->methods);
+    int watched = PySet_Contains(methods, method);
+    Py_DECREF(methods);
     if (watched < 0) {
-        PyErr_Clear();
-        return slow(self, args, nargsf, kwnames);
+        return NULL;
     }
     if (watched) {
         PyObject *path = PyDict_GetItemWithError(scope, s_path);
         if (path == NULL || !PyUnicode_CheckExact(path)) {
-            PyErr_Clear();
-            return slow(self, args, nargsf, kwnames);
+            return PyErr_Occurred() ? NULL : slow(self, args, nargsf, kwnames);
         }
-        PyObject *target = PyDict_GetItemWithError(self->routed, path);
+        Py_INCREF(path);
+        PyObject *routed = Py_NewRef(self->routed);
+        PyObject *target = PyDict_GetItemWithError(routed, path);
+        Py_XINCREF(target);
+        Py_DECREF(routed);
+        Py_DECREF(path);
         if (target == NULL) {
-            PyErr_Clear();
-            return slow(self, args, nargsf, kwnames); /* a path not seen yet */
+            /* A path not seen yet: the Python path routes it and caches the target. */
+            return PyErr_Occurred() ? NULL : slow(self, args, nargsf, kwnames);
         }
         if (target != Py_None) {
-            Py_INCREF(target);
             int due = count_down(target);
             if (due < 0) {
                 Py_DECREF(target);
-                return slow(self, args, nargsf, kwnames);
+                return due == -1 ? NULL : slow(self, args, nargsf, kwnames);
             }
             if (due) {
                 /* self._sampled(target, scope, receive, send) */
                 PyObject *stack[5] = {(PyObject *)self, target, args[0], args[1], args[2]};
-                PyObject *result = PyObject_VectorcallMethod(
-                    s_sampled, stack, 5, NULL);
+                PyObject *result = PyObject_VectorcallMethod(s_sampled, stack, 5, NULL);
                 Py_DECREF(target);
                 return result;
             }
-            Py_DECREF(target);
         }
+        Py_DECREF(target);
     }
-    return PyObject_Vectorcall(self->app, args, 3, NULL);
+    /* Held for the call: the app may replace `self.app` while it runs. */
+    PyObject *app = Py_NewRef(self->app);
+    PyObject *result = PyObject_Vectorcall(app, args, 3, NULL);
+    Py_DECREF(app);
+    return result;
 }
 
 static PyObject *

@@ -21,9 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp
 
+PURE_PYTHON_ENV = "SKEW_SIDECAR_PURE_PYTHON"
+
+
+def pure_python_requested() -> bool:
+    """`SKEW_SIDECAR_PURE_PYTHON` set to anything but empty or 0."""
+    return os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0")
+
 
 def _compiled() -> Any:
-    if os.environ.get("SKEW_SIDECAR_PURE_PYTHON", "") not in ("", "0"):
+    if pure_python_requested():
         return None
     try:
         return importlib.import_module(f"{__package__}._gate").Gate

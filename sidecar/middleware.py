@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import weakref
 from collections.abc import Awaitable, Collection, Iterator, Mapping
 from typing import Any, TypeAlias
 
@@ -132,7 +133,7 @@ class SkewMiddleware(Gate):
         self.app = app
         # Calls go through the type's `__call__` (the gate); `self.__call__`, which
         # servers inspect to tell ASGI 3 from ASGI 2, is a coroutine function.
-        self.__dict__["__call__"] = self._call
+        self.__dict__["__call__"] = _async_twin(weakref.ref(self))
         monitors: dict[str, Monitor | DatagramSink] = {}
         multiprocess = False
         if sink is not None:
@@ -228,10 +229,11 @@ class SkewMiddleware(Gate):
     if not COMPILED:
         __call__ = _dispatch  # no frame of its own: returns the app's coroutine
 
-    async def _call(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A call, as an `async def`: `self.__call__` for servers that look at it to tell
-        ASGI 3 from ASGI 2 (uvicorn, hypercorn, asgiref) or call it by that name."""
-        await type(self).__call__(self, scope, receive, send)
+        def __init_subclass__(cls, **kwargs: Any) -> None:
+            # As the compiled gate calls it by name: a subclass's own `_dispatch`.
+            super().__init_subclass__(**kwargs)
+            if "_dispatch" in cls.__dict__:
+                cls.__call__ = cls._dispatch  # type: ignore[method-assign]
 
     def _sampled(
         self, target: _Target, scope: Scope, receive: Receive, send: Send
@@ -312,6 +314,21 @@ class SkewMiddleware(Gate):
             await send(message)
 
         await self.app(scope, wrapped_receive, wrapped_send)
+
+
+def _async_twin(middleware: weakref.ref[SkewMiddleware]) -> ASGIApp:
+    """A call of the middleware as an `async def`, for servers that look at
+    `app.__call__` to tell ASGI 3 from ASGI 2 (uvicorn, hypercorn, asgiref) or call it by
+    that name. It holds the middleware weakly: kept in the middleware's own `__dict__`,
+    a bound method would make every middleware a reference cycle."""
+
+    async def call(scope: Scope, receive: Receive, send: Send) -> None:
+        self = middleware()
+        if self is None:
+            raise RuntimeError("SkewMiddleware called after it was freed")
+        await type(self).__call__(self, scope, receive, send)
+
+    return call
 
 
 def _load(source: BaselineSource, model: str) -> Baseline:

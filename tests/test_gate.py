@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from starlette.types import Message, Receive, Scope, Send
 
 from sidecar import Baseline
-from sidecar.gate import COMPILED
+from sidecar.gate import COMPILED, PURE_PYTHON_ENV, pure_python_requested
 from sidecar.middleware import SkewMiddleware
 from tests.asgi import request
 
@@ -40,7 +40,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 class Counting(SkewMiddleware):
-    """Counts the requests the compiled gate hands to the Python decision."""
+    """Counts the requests that take the Python decision (all of them, with the Python
+    gate: a subclass's `_dispatch` is its `__call__` there)."""
 
     dispatched = 0
 
@@ -81,7 +82,7 @@ def test_ci_builds_the_compiled_gate() -> None:
     """Where CI runs, a C compiler is there: the tests must cover the compiled gate."""
     if not os.environ.get("CI"):
         pytest.skip("outside CI, a machine without a compiler runs the Python gate")
-    assert COMPILED or os.environ.get("SKEW_SIDECAR_PURE_PYTHON")
+    assert COMPILED or pure_python_requested()
 
 
 @compiled_only
@@ -101,14 +102,16 @@ def test_both_gates_sample_and_count_every_request_alike(baseline: Baseline) -> 
     assert sampler.seen == 50
     assert mw.monitor.counts.sampled == 50
     assert len(mw.monitor._queue) == 50
-    if COMPILED:  # (the Python gate's `__call__` is `_dispatch` itself: not counted)
-        assert mw.dispatched == 1  # sampled requests are tapped by Python, from C
+    # Compiled: only the first request (it routed the path) took the Python decision;
+    # the others were tapped by Python from C.
+    assert mw.dispatched == (1 if COMPILED else 50)
 
 
 def test_the_rate_cap_still_decides_sampled_requests(baseline: Baseline) -> None:
     mw = middleware(baseline, sample_rate=1.0, max_samples_per_second=10)
-    run(mw, 40)
     sampler = mw.targets["default"].sampler
+    sampler.clock = lambda: sampler._estimated_at  # no re-estimate, however slow the run
+    run(mw, 40)
     assert sampler.seen == 40
     assert mw.monitor.counts.sampled == 10  # a second's worth of tokens
     assert sampler.rate_limited == 30
@@ -139,9 +142,43 @@ def test_what_the_compiled_gate_does_not_expect_goes_the_python_way(
 
     before = mw.targets["default"].sampler.seen
     asyncio.run(one())
-    if COMPILED:
-        assert mw.dispatched == 2
+    assert mw.dispatched == 2
     assert mw.targets["default"].sampler.seen == before + 1
+
+
+@compiled_only
+def test_requests_to_unwatched_paths_pass_in_c_once_routed(baseline: Baseline) -> None:
+    mw = middleware(baseline, Counting)
+    run(mw, 20, path="/healthz")  # excluded: routed to no target (None)
+    assert mw.dispatched == 1
+    assert mw._routed["/healthz"] is None
+    assert mw.targets["default"].sampler.seen == 0
+
+
+@pytest.mark.parametrize(("countdown", "sampled"), [(1, 1), (2, 0), (True, 1), (1.0, 1), (3.0, 0)])
+def test_the_request_whose_countdown_reaches_zero_is_sampled(
+    baseline: Baseline, countdown: object, sampled: int
+) -> None:
+    mw = middleware(baseline, sample_rate=0.0)
+    run(mw, 1)  # routes the path
+    sampler = mw.targets["default"].sampler
+    sampler.countdown = countdown
+    sampler._gap = 1  # what the sampler counts as this gap's requests when it ends
+    sampler._draw = lambda: 1 << 62  # then never again
+    run(mw, 1)
+    assert mw.monitor.counts.sampled == sampled
+    assert sampler.countdown == (1 << 62 if sampled else countdown - 1)
+
+
+def test_a_methods_set_subclass_is_asked_as_python_would(baseline: Baseline) -> None:
+    class Everything(frozenset[str]):
+        def __contains__(self, item: object) -> bool:
+            return True
+
+    mw = middleware(baseline, sample_rate=0.0)
+    mw.methods = Everything({"POST"})
+    run(mw, 3, method="GET")
+    assert mw.targets["default"].sampler.seen == 3  # GET counted as watched
 
 
 def test_a_scope_without_a_method_fails_as_it_would_in_python(baseline: Baseline) -> None:
@@ -156,19 +193,35 @@ def test_keyword_calls_are_served(baseline: Baseline) -> None:
     assert mw.targets["default"].sampler.seen == 1
 
 
-def test_the_gate_keeps_no_reference_to_a_request(baseline: Baseline) -> None:
-    mw = middleware(baseline, sample_rate=0.0)
+@pytest.mark.parametrize("rate", [0.0, 1.0])
+def test_the_gate_keeps_no_reference_to_a_request(baseline: Baseline, rate: float) -> None:
+    mw = middleware(baseline, sample_rate=rate, max_samples_per_second=1e9)
     run(mw, 1)
     request_scope = scope()
     target = mw._routed["/predict"]
-    counts = [sys.getrefcount(x) for x in (request_scope, receive, send, target, app)]
+    held = (request_scope, receive, send, target, target.sampler, app, mw)
+    counts = [sys.getrefcount(x) for x in held]
 
     async def drive() -> None:
         for _ in range(1000):
             await mw(request_scope, receive, send)
 
     asyncio.run(drive())
-    assert [sys.getrefcount(x) for x in (request_scope, receive, send, target, app)] == counts
+    mw.monitor._queue.clear()  # the samples hold the scope's headers, not the scope
+    assert [sys.getrefcount(x) for x in held] == counts
+
+
+def test_a_dropped_middleware_is_freed_at_once(baseline: Baseline) -> None:
+    """No reference cycle of its own: freed without waiting for the cyclic GC."""
+    mw = middleware(baseline)
+    mw.monitor._thread = None
+    ref = weakref.ref(mw)
+    gc.disable()
+    try:
+        del mw
+        assert ref() is None
+    finally:
+        gc.enable()
 
 
 def test_a_middleware_in_a_reference_cycle_is_collected(baseline: Baseline) -> None:
@@ -187,7 +240,8 @@ def test_servers_that_inspect_the_app_take_it_for_asgi3(baseline: Baseline) -> N
 
     mw = middleware(baseline)
     assert inspect.iscoroutinefunction(mw.__call__)  # hypercorn
-    assert asyncio.iscoroutinefunction(mw.__call__)  # asgiref, uvicorn
+    if sys.version_info < (3, 14):  # deprecated there
+        assert asyncio.iscoroutinefunction(mw.__call__)  # asgiref, uvicorn
     config = Config(mw, log_config=None)
     config.load()
     assert config.interface == "asgi3"
@@ -205,12 +259,10 @@ def test_the_middleware_adds_no_coroutine_of_its_own_to_a_request(baseline: Base
         returned.close()
 
 
-@pytest.mark.skipif(
-    bool(os.environ.get("SKEW_SIDECAR_PURE_PYTHON")), reason="already the Python gate"
-)
+@pytest.mark.skipif(pure_python_requested(), reason="already the Python gate")
 def test_the_python_gate_passes_the_middleware_tests() -> None:
     """The fallback where no compiler was found runs the tap's own tests too."""
-    env = {**os.environ, "SKEW_SIDECAR_PURE_PYTHON": "1"}
+    env = {**os.environ, PURE_PYTHON_ENV: "1"}
     files = ["tests/test_gate.py", "tests/test_middleware.py", "tests/test_hostile.py"]
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
