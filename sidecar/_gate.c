@@ -5,11 +5,11 @@
  * finds the path's target in the middleware's `_routed` cache and counts its sampler
  * down, all through the C API; an unsampled request then returns `app(scope, receive,
  * send)`, the app's own coroutine. Anything else (a sampled request, a path not cached
- * yet, lifespan, websocket, the debug page, a scope that is not a plain dict, any
- * error) goes to the Python method `_dispatch`, which does exactly what the pure-Python
+ * yet, lifespan, websocket, the debug page, a scope or attribute of a type not handled
+ * here) goes to the Python method `_dispatch`, which does exactly what the pure-Python
  * gate (sidecar/gate.py) does for every request. So the C path only ever skips work
  * whose outcome is "pass the request through untouched", and it raises only what the
- * Python path would raise.
+ * Python path would raise (a lookup that fails with an exception raises it).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

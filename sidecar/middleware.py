@@ -208,7 +208,8 @@ class SkewMiddleware(Gate):
         """One request's way through the middleware, returned for the caller to await
         (the app's own coroutine, for most requests). The compiled gate takes unsampled
         requests on paths it has seen itself and sends the rest here."""
-        # Every request pays for this branch: a few dict lookups and one decrement.
+        # With the Python gate, every request pays for this branch: a few dict lookups and
+        # one decrement (the compiled gate does them for most requests).
         kind = scope["type"]
         if kind == "http":
             if self.debug_paths and scope["path"] in self.debug_paths:
