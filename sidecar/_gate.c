@@ -68,13 +68,13 @@ count_down(PyObject *target)
         Py_DECREF(sampler);
         return -1;
     }
-    int overflow = 0;
-    long long value = PyLong_CheckExact(current)
-                          ? PyLong_AsLongLongAndOverflow(current, &overflow)
-                          : 0;
-    int handled = PyLong_CheckExact(current) && !overflow && value != LLONG_MIN;
+    int overflow = 1;
+    long long value = 0;
+    if (PyLong_CheckExact(current)) {
+        value = PyLong_AsLongLongAndOverflow(current, &overflow); /* an int: no error */
+    }
     Py_DECREF(current);
-    if (!handled) {
+    if (overflow || value == LLONG_MIN) {
         Py_DECREF(sampler);
         return -2;
     }

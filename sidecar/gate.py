@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 PURE_PYTHON_ENV = "SKEW_SIDECAR_PURE_PYTHON"
 
@@ -39,12 +40,23 @@ def _compiled() -> Any:
 
 
 class PythonGate:
-    """The Python gate's base: SkewMiddleware's `__call__` is then its `_dispatch`."""
+    """The Python gate's base: a subclass's `__call__` is its own `_dispatch`, the
+    function itself (no frame of its own: it returns the app's coroutine), as the
+    compiled gate calls `_dispatch` by name."""
 
     app: ASGIApp
     methods: frozenset[str]
     _routed: dict[str, Any]
     debug_paths: frozenset[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "_dispatch" in cls.__dict__:
+            cls.__call__ = cls.__dict__["_dispatch"]  # type: ignore[method-assign]
+
+    if TYPE_CHECKING:  # what both gates do (the compiled one in C)
+
+        def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]: ...
 
 
 if TYPE_CHECKING:

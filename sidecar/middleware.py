@@ -22,7 +22,7 @@ from .admin import protected
 from .baseline import Baseline, BaselineError
 from .debug import debug_app
 from .evidence import EvidenceOptions
-from .gate import COMPILED, Gate
+from .gate import Gate
 from .metrics import UNKNOWN_MODEL_REQUESTS
 from .models import Routes, model_from_path
 from .multiprocess import multiprocess_dir
@@ -226,15 +226,6 @@ class SkewMiddleware(Gate):
         elif kind == "lifespan":
             return self._lifespan(scope, receive, send)
         return self.app(scope, receive, send)
-
-    if not COMPILED:
-        __call__ = _dispatch  # no frame of its own: returns the app's coroutine
-
-        def __init_subclass__(cls, **kwargs: Any) -> None:
-            # As the compiled gate calls it by name: a subclass's own `_dispatch`.
-            super().__init_subclass__(**kwargs)
-            if "_dispatch" in cls.__dict__:
-                cls.__call__ = cls._dispatch  # type: ignore[method-assign]
 
     def _sampled(
         self, target: _Target, scope: Scope, receive: Receive, send: Send
