@@ -1,6 +1,11 @@
-"""The one compiled part, optional: without a C compiler the package installs and
-runs the same pure-Python gate (sidecar/gate.py), only slower per request."""
+"""The compiled parts, optional: without a C compiler the package installs and runs
+the same code in pure Python (sidecar/gate.py, sidecar/records.py), only slower."""
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("sidecar._gate", ["sidecar/_gate.c"], optional=True)])
+setup(
+    ext_modules=[
+        Extension("sidecar._gate", ["sidecar/_gate.c"], optional=True),
+        Extension("sidecar._records", ["sidecar/_records.c"], optional=True),
+    ]
+)

@@ -48,7 +48,7 @@ MISMATCH_TYPES = ("number_string", "string", "int", "float", "bool", "list", "di
 _MISMATCH_SLOT = {int: 2, float: 3, bool: 4, list: 5, dict: 6}
 
 
-def _no_pause() -> None:
+def no_pause() -> None:
     """The default `pause` of the checks: run straight through (offline checks)."""
 
 
@@ -186,7 +186,7 @@ class NumericBlock:
         self,
         rows: Sequence[dict[str, Any]],
         windows: Mapping[str, FeatureWindow],
-        pause: Callable[[], None] = _no_pause,
+        pause: Callable[[], None] = no_pause,
     ) -> bool:
         n, k = len(rows), len(self.checkers)
         x = np.empty((n, k), dtype=np.float64)
@@ -209,6 +209,12 @@ class NumericBlock:
             pause()
         if not np.isfinite(x).all():
             return False
+        self.add(x, windows)
+        return True
+
+    def add(self, x: FloatArray, windows: Mapping[str, FeatureWindow]) -> None:
+        """Count a (rows x features) array of finite values, columns in `names` order."""
+        n, k = x.shape
         below, above = x < self.min, x > self.max
         low, high = below.sum(axis=0).tolist(), above.sum(axis=0).tolist()
         below_sum = np.where(below, self.min - x, 0.0).sum(axis=0).tolist() if any(low) else None
@@ -238,7 +244,6 @@ class NumericBlock:
             window.grid_counts += grid_counts[j, : self.buckets[j]]
         for j in self.discrete:
             self.checkers[j].count_bins(buckets[j], columns[j], windows[self.names[j]])
-        return True
 
 
 class CategoricalChecker:
@@ -276,6 +281,10 @@ class CategoricalChecker:
         slots = np.fromiter(
             map(self.index.get, column, repeat(self.unseen_slot)), np.int64, len(column)
         )
+        self.add_slots(slots, window)
+
+    def add_slots(self, slots: IntArray, window: FeatureWindow) -> None:
+        """Count values by their slot in `index` (the unseen slot for the rest)."""
         counts = np.bincount(slots, minlength=self.size + 3)
         # Python ints in one call: numpy scalars cost more than the counting.
         unseen, nulls, absent = counts[self.size :].tolist()
@@ -548,8 +557,21 @@ class Engine:
         self._rest_getter = _getter(self._rest)
         self._getter = _getter(list(self.checkers))
         self._skip_fast = 0
+        # check_columns' layout: numeric features, then string categorical ones.
+        self.numbers = numeric
+        self.categories = {
+            name: c
+            for name, c in self.checkers.items()
+            if isinstance(c, CategoricalChecker) and c.value_type == "string"
+        }
 
-    def check(self, rows: Sequence[Any], pause: Callable[[], None] = _no_pause) -> None:
+    @property
+    def takes_columns(self) -> bool:
+        """Whether every checked feature is one `check_columns` takes: numeric (with a
+        training range) or a string category, with no dotted (nested) names."""
+        return not self.nested and len(self.numbers) + len(self.categories) == len(self.checkers)
+
+    def check(self, rows: Sequence[Any], pause: Callable[[], None] = no_pause) -> None:
         """Accumulate a batch of rows (dicts) into the current window. `pause` is called
         between features (the worker offers the GIL there when its slice is up, or
         steps aside for the serving thread)."""
@@ -581,6 +603,28 @@ class Engine:
             for name in self.skipped:
                 keys -= sum(map(dict.__contains__, rows, repeat(name, n)))
         window.keys += keys
+
+    def check_columns(
+        self, numbers: FloatArray, slots: IntArray, pause: Callable[[], None] = no_pause
+    ) -> None:
+        """Accumulate rows already read into columns (sidecar.records), each row holding
+        every feature once: `numbers` the finite values of `self.numbers` (rows x
+        features), `slots` each of `self.categories`' values' slot in its checker's
+        index. The same counts as `check` of the same rows as dicts."""
+        window = self.window
+        n = len(numbers)
+        window.rows += n
+        window.keys += n * len(self.checkers)
+        features = window.features
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.block is not None:
+                self.block.add(numbers, features)
+            else:
+                for j, (name, number) in enumerate(self.numbers.items()):
+                    number.add(numbers[:, j], features[name])
+            pause()
+            for j, (name, category) in enumerate(self.categories.items()):
+                category.add_slots(slots[:, j], features[name])
 
     def _columns(
         self,

@@ -10,33 +10,19 @@ websocket, the debug page) it passes to `SkewMiddleware._dispatch`, the Python
 decision, so both gates behave the same.
 
 `SKEW_SIDECAR_PURE_PYTHON=1` in the environment selects the Python gate even where the
-compiled one was built.
+compiled one was built (sidecar/compiled.py).
 """
 
 from __future__ import annotations
 
-import importlib
-import os
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-PURE_PYTHON_ENV = "SKEW_SIDECAR_PURE_PYTHON"
+from .compiled import PURE_PYTHON_ENV, compiled, pure_python_requested
 
-
-def pure_python_requested() -> bool:
-    """`SKEW_SIDECAR_PURE_PYTHON` set to anything but empty or 0."""
-    return os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0")
-
-
-def _compiled() -> Any:
-    if pure_python_requested():
-        return None
-    try:
-        return importlib.import_module(f"{__package__}._gate").Gate
-    except ImportError:  # installed where no C compiler was found
-        return None
+__all__ = ["COMPILED", "PURE_PYTHON_ENV", "Gate", "PythonGate", "pure_python_requested"]
 
 
 class PythonGate:
@@ -62,5 +48,5 @@ class PythonGate:
 if TYPE_CHECKING:
     Gate = PythonGate
 else:
-    Gate = _compiled() or PythonGate
+    Gate = compiled("_gate", "Gate") or PythonGate
 COMPILED = Gate is not PythonGate

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 from typing import Any
 
-import numpy as np
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -16,6 +15,7 @@ from sidecar import Baseline, worker
 from sidecar.profile import ProfileOptions
 from sidecar.worker import Monitor, Sample
 from tests.hostile import corpus
+from tests.state import monitor_state
 
 
 @pytest.fixture(scope="module")
@@ -37,32 +37,12 @@ def baseline() -> Baseline:
 def _per_sample(monitor: Monitor) -> Monitor:
     """The monitor, made to take `_extract` for every sample."""
 
-    def extract_batch(n: int, requests: list[Any], responses: list[Any]) -> None:
+    def extract_batch(n: int, requests: list[Any], responses: list[Any], columns: Any) -> None:
         for _ in range(n):
             monitor._extract(monitor._queue.popleft(), requests, responses)
 
     monitor._extract_batch = extract_batch  # type: ignore[method-assign]
     return monitor
-
-
-def _state(monitor: Monitor) -> dict[str, Any]:
-    counts = monitor.counts
-    out: dict[str, Any] = {
-        "checked": counts.checked,
-        "rejected": counts.rejected,
-        "errors": counts.errors,
-        "bytes": monitor._bytes_out,
-    }
-    for engine in (monitor.requests, monitor.responses):
-        window = engine.window
-        out[f"rows {sorted(engine.checkers)}"] = (window.rows, window.rejected_rows, window.keys)
-        for name, w in window.features.items():
-            out[name] = {
-                k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                for k, v in vars(w).items()
-                if k != "lengths"
-            }
-    return out
 
 
 def _same(baseline: Baseline, samples: list[Sample]) -> None:
@@ -72,7 +52,7 @@ def _same(baseline: Baseline, samples: list[Sample]) -> None:
         for sample in samples:
             monitor.submit(sample)
         assert monitor.process_pending() == len(samples)
-    assert _state(fast) == _state(slow)
+    assert monitor_state(fast) == monitor_state(slow)
 
 
 _scalar = (

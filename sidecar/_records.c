@@ -1,0 +1,626 @@
+/* Flat JSON records read straight into columns, compiled.
+ *
+ * The worker's usual sample is one JSON object holding every feature once: numbers for
+ * numeric features, strings for categorical ones. Parsing it into a dict, then
+ * gathering each feature's values back out of the dicts and into numpy arrays, was
+ * most of the worker's CPU per sample. `Layout.read` scans the bytes once and writes
+ * each number into its column of a float64 matrix and each category's vocabulary slot
+ * into an int64 matrix, which the engine's numpy checks take as they are.
+ *
+ * It reads only what it fully understands: a body that is anything else (another
+ * payload format, a missing, repeated or unknown key, null, a value of another type,
+ * an escape in a string, NaN or an overflowing number, invalid JSON of any kind) is
+ * left to the Python path, which parses it with its fallbacks and counts it as it
+ * always has. So this never decides anything the Python path would decide otherwise;
+ * it only does the usual case without building Python objects.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* A set of byte strings, each with a value: feature names, or a feature's vocabulary.
+ * Open addressing; the strings themselves are owned by the Layout (`keep`). */
+typedef struct {
+    Py_ssize_t count;
+    const char **text;
+    Py_ssize_t *length;
+    int64_t *value;
+    Py_ssize_t *table; /* 1 + index into the arrays above, 0 empty */
+    size_t mask;
+} Words;
+
+static uint64_t
+hash_bytes(const unsigned char *p, Py_ssize_t n)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        h = (h ^ p[i]) * 1099511628211ULL;
+    }
+    return h;
+}
+
+static int
+words_init(Words *w, Py_ssize_t capacity)
+{
+    size_t size = 8;
+    while (size < (size_t)capacity * 2) {
+        size *= 2;
+    }
+    w->mask = size - 1;
+    w->text = PyMem_Calloc(capacity + 1, sizeof(char *));
+    w->length = PyMem_Calloc(capacity + 1, sizeof(Py_ssize_t));
+    w->value = PyMem_Calloc(capacity + 1, sizeof(int64_t));
+    w->table = PyMem_Calloc(size, sizeof(Py_ssize_t));
+    if (w->text == NULL || w->length == NULL || w->value == NULL || w->table == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void
+words_free(Words *w)
+{
+    PyMem_Free(w->text);
+    PyMem_Free(w->length);
+    PyMem_Free(w->value);
+    PyMem_Free(w->table);
+    memset(w, 0, sizeof(Words));
+}
+
+/* The index of `text`, or -1. */
+static Py_ssize_t
+words_find(const Words *w, const unsigned char *text, Py_ssize_t n)
+{
+    for (size_t i = hash_bytes(text, n) & w->mask;; i = (i + 1) & w->mask) {
+        Py_ssize_t j = w->table[i] - 1;
+        if (j < 0) {
+            return -1;
+        }
+        if (w->length[j] == n && memcmp(w->text[j], text, n) == 0) {
+            return j;
+        }
+    }
+}
+
+/* Add a string (capacity permitting, as words_init sized it); 1 if it was there. */
+static int
+words_add(Words *w, const char *text, Py_ssize_t n, int64_t value)
+{
+    if (words_find(w, (const unsigned char *)text, n) >= 0) {
+        return 1;
+    }
+    Py_ssize_t j = w->count++;
+    w->text[j] = text;
+    w->length[j] = n;
+    w->value[j] = value;
+    size_t i = hash_bytes((const unsigned char *)text, n) & w->mask;
+    while (w->table[i] != 0) {
+        i = (i + 1) & w->mask;
+    }
+    w->table[i] = j + 1;
+    return 0;
+}
+
+typedef struct {
+    PyObject_HEAD
+    Words features;      /* value: >= 0 a numeric column, < 0 -(1 + categorical column) */
+    Py_ssize_t numbers;  /* numeric features (columns of the float matrix) */
+    Py_ssize_t categories;
+    Words *vocabulary;   /* per categorical column: its strings' slots */
+    int64_t *unseen;     /* per categorical column: the slot of values not in it */
+    PyObject *keep;      /* list of the UTF-8 bytes the Words point into */
+    uint64_t *stamp;     /* per feature: the body it was last seen in (repeats) */
+    uint64_t body;
+} Layout;
+
+static Py_ssize_t
+find(Layout *self, const unsigned char *key, Py_ssize_t n, Py_ssize_t guess)
+{
+    /* The feature named `key`, or -1. Bodies usually list keys in the same order, so
+     * the feature after the previous key is tried first. */
+    const Words *w = &self->features;
+    if (guess < w->count && w->length[guess] == n && memcmp(w->text[guess], key, n) == 0) {
+        return guess;
+    }
+    return words_find(w, key, n);
+}
+
+static inline const unsigned char *
+skip_space(const unsigned char *p)
+{
+    while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t') {
+        p++;
+    }
+    return p;
+}
+
+static const double POWERS[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* A JSON number at p (RFC 8259's grammar exactly), or NULL. *value is the correctly
+ * rounded double: in one IEEE operation when the digits and the power of ten are both
+ * exact doubles (Clinger's fast path), else by CPython's own strtod. */
+static const unsigned char *
+read_number(const unsigned char *p, double *value)
+{
+    const unsigned char *start = p;
+    int negative = *p == '-';
+    p += negative;
+    uint64_t digits = 0;
+    int significant = 0; /* digits in `digits`, leading zeros not counted */
+    int scale = 0;       /* the value is digits * 10^(exponent - scale) */
+    if (*p == '0') {
+        p++;
+    }
+    else if (*p >= '1' && *p <= '9') {
+        for (; *p >= '0' && *p <= '9'; p++) {
+            if (significant < 19) {
+                digits = digits * 10 + (*p - '0');
+                significant++;
+            }
+            else {
+                significant = 99; /* too many digits for the fast path */
+            }
+        }
+    }
+    else {
+        return NULL;
+    }
+    if (*p == '.') {
+        p++;
+        if (!(*p >= '0' && *p <= '9')) {
+            return NULL;
+        }
+        for (; *p >= '0' && *p <= '9'; p++) {
+            if (digits == 0 && *p == '0') {
+                scale++; /* a leading zero of the fraction */
+            }
+            else if (significant < 19) {
+                digits = digits * 10 + (*p - '0');
+                significant++;
+                scale++;
+            }
+            else {
+                significant = 99;
+            }
+        }
+    }
+    int exponent = 0;
+    if (*p == 'e' || *p == 'E') {
+        p++;
+        int minus = *p == '-';
+        if (*p == '-' || *p == '+') {
+            p++;
+        }
+        if (!(*p >= '0' && *p <= '9')) {
+            return NULL;
+        }
+        for (; *p >= '0' && *p <= '9'; p++) {
+            if (exponent < 10000) {
+                exponent = exponent * 10 + (*p - '0');
+            }
+        }
+        exponent = minus ? -exponent : exponent;
+    }
+    int power = exponent - scale;
+    if (significant <= 15 && power >= -22 && power <= 22) {
+        double v = (double)digits; /* exact: below 10^15 < 2^53 */
+        v = power < 0 ? v / POWERS[-power] : v * POWERS[power];
+        *value = negative ? -v : v;
+        return p;
+    }
+    char *end;
+    double v = PyOS_string_to_double((const char *)start, &end, NULL);
+    if (v == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear(); /* cannot happen for a valid token; the Python path decides */
+        return NULL;
+    }
+    if ((const unsigned char *)end != p) {
+        return NULL;
+    }
+    *value = v;
+    return p;
+}
+
+/* The end of a string's contents at p (after the opening quote), or NULL for anything
+ * but plain characters: escapes and control characters go to the Python path. */
+static inline const unsigned char *
+string_end(const unsigned char *p, int *ascii)
+{
+    unsigned char high = 0;
+    for (; *p != '"'; p++) {
+        if (*p == '\\' || *p < 0x20) {
+            return NULL;
+        }
+        high |= *p;
+    }
+    *ascii = high < 0x80;
+    return p;
+}
+
+/* Whether a string's bytes are UTF-8 as orjson requires it (CPython's strict decoder
+ * agrees: no surrogates, no overlong forms). 0 with an exception set on failure. */
+static int
+valid_utf8(const unsigned char *text, Py_ssize_t n)
+{
+    PyObject *decoded = PyUnicode_DecodeUTF8((const char *)text, n, "strict");
+    if (decoded != NULL) {
+        Py_DECREF(decoded);
+        return 1;
+    }
+    if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+        PyErr_Clear();
+    }
+    return 0;
+}
+
+enum { READ = 0, LEFT = 1, ERROR = -1 };
+
+/* One body into row `row`: READ, LEFT (for the Python path) or ERROR (raised). */
+static int
+read_body(Layout *self, const unsigned char *p, const unsigned char *end, double *numbers,
+          int64_t *slots)
+{
+    /* The bytes object ends with a NUL, so scanning stops at `end` without a check:
+     * no token accepted here contains one. */
+    uint64_t body = ++self->body;
+    Py_ssize_t seen = 0, previous = -1;
+    p = skip_space(p);
+    if (*p++ != '{') {
+        return LEFT;
+    }
+    p = skip_space(p);
+    for (;;) {
+        if (*p++ != '"') {
+            return LEFT;
+        }
+        int ascii;
+        const unsigned char *key = p;
+        p = string_end(p, &ascii);
+        if (p == NULL) {
+            return LEFT;
+        }
+        Py_ssize_t f = find(self, key, p - key, previous + 1);
+        if (f < 0 || self->stamp[f] == body) {
+            return LEFT; /* unknown or repeated */
+        }
+        self->stamp[f] = body;
+        seen++;
+        previous = f;
+        p = skip_space(p + 1);
+        if (*p++ != ':') {
+            return LEFT;
+        }
+        p = skip_space(p);
+        Py_ssize_t column = self->features.value[f];
+        if (column >= 0) {
+            double v;
+            p = read_number(p, &v);
+            if (p == NULL || !isfinite(v)) {
+                return LEFT;
+            }
+            numbers[column] = v;
+        }
+        else {
+            column = -1 - column;
+            if (*p++ != '"') {
+                return LEFT;
+            }
+            const unsigned char *text = p;
+            p = string_end(p, &ascii);
+            if (p == NULL) {
+                return LEFT;
+            }
+            if (!ascii && !valid_utf8(text, p - text)) {
+                return PyErr_Occurred() ? ERROR : LEFT; /* the Python path's verdict */
+            }
+            Words *vocabulary = &self->vocabulary[column];
+            Py_ssize_t j = words_find(vocabulary, text, p - text);
+            slots[column] = j < 0 ? self->unseen[column] : vocabulary->value[j];
+            p++;
+        }
+        p = skip_space(p);
+        if (*p == '}') {
+            p++;
+            break;
+        }
+        if (*p++ != ',') {
+            return LEFT;
+        }
+        p = skip_space(p);
+    }
+    p = skip_space(p);
+    return p == end && seen == self->features.count ? READ : LEFT;
+}
+
+static int
+matrix(PyObject *obj, Py_buffer *view, const char *what)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        return -1;
+    }
+    const char *format = view->format;
+    if (*format == '@' || *format == '=' || *format == '<') {
+        format++;
+    }
+    int ok = view->itemsize == 8
+             && (*what == 'd' ? strcmp(format, "d") == 0
+                              : strcmp(format, "q") == 0 || strcmp(format, "l") == 0);
+    if (!ok) {
+        PyErr_Format(PyExc_TypeError, "Layout.read: %s must be a C-contiguous %s array",
+                     what + 1, *what == 'd' ? "float64" : "int64");
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+layout_read(Layout *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "Layout.read(bodies, numbers, slots)");
+        return NULL;
+    }
+    PyObject *bodies = PySequence_Fast(args[0], "Layout.read: bodies must be a sequence");
+    if (bodies == NULL) {
+        return NULL;
+    }
+    Py_buffer x, s;
+    if (matrix(args[1], &x, "dnumbers") < 0) {
+        Py_DECREF(bodies);
+        return NULL;
+    }
+    if (matrix(args[2], &s, "qslots") < 0) {
+        PyBuffer_Release(&x);
+        Py_DECREF(bodies);
+        return NULL;
+    }
+    PyObject *left = PyList_New(0);
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(bodies);
+    if (left != NULL && (x.len < n * self->numbers * 8 || s.len < n * self->categories * 8)) {
+        PyErr_SetString(PyExc_ValueError, "Layout.read: fewer matrix rows than bodies");
+        Py_CLEAR(left);
+    }
+    Py_ssize_t row = 0;
+    for (Py_ssize_t i = 0; left != NULL && i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(bodies, i);
+        int status = LEFT;
+        if (PyBytes_CheckExact(item)) {
+            /* Borrowed: reading runs no Python code that could drop it. */
+            const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(item);
+            status = read_body(self, p, p + PyBytes_GET_SIZE(item),
+                               (double *)x.buf + row * self->numbers,
+                               (int64_t *)s.buf + row * self->categories);
+        }
+        if (status == READ) {
+            row++;
+        }
+        else if (status == ERROR) {
+            Py_CLEAR(left);
+        }
+        else {
+            PyObject *index = PyLong_FromSsize_t(i);
+            if (index == NULL || PyList_Append(left, index) < 0) {
+                Py_CLEAR(left);
+            }
+            Py_XDECREF(index);
+        }
+    }
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&s);
+    Py_DECREF(bodies);
+    return left;
+}
+
+static void
+layout_dealloc(Layout *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    words_free(&self->features);
+    for (Py_ssize_t j = 0; self->vocabulary != NULL && j < self->categories; j++) {
+        words_free(&self->vocabulary[j]);
+    }
+    PyMem_Free(self->vocabulary);
+    PyMem_Free(self->unseen);
+    PyMem_Free(self->stamp);
+    Py_XDECREF(self->keep);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+/* `text`'s UTF-8 bytes, kept alive by the layout; NULL with an exception set. */
+static const char *
+kept_utf8(Layout *self, PyObject *text, Py_ssize_t *length)
+{
+    PyObject *utf8 = PyUnicode_AsUTF8String(text);
+    if (utf8 == NULL || PyList_Append(self->keep, utf8) < 0) {
+        Py_XDECREF(utf8);
+        return NULL;
+    }
+    Py_DECREF(utf8); /* the list holds it */
+    *length = PyBytes_GET_SIZE(utf8);
+    return PyBytes_AS_STRING(utf8);
+}
+
+static int
+add_vocabulary(Layout *self, Words *words, PyObject *vocabulary)
+{
+    /* The dict's str keys and their int slots, as they are now. */
+    if (words_init(words, PyDict_GET_SIZE(vocabulary)) < 0) {
+        return -1;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *slot;
+    while (PyDict_Next(vocabulary, &pos, &key, &slot)) {
+        if (!PyUnicode_CheckExact(key)) {
+            continue; /* None, ABSENT: not a string a body can hold */
+        }
+        Py_ssize_t n;
+        const char *text = kept_utf8(self, key, &n);
+        if (text == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+                return -1;
+            }
+            PyErr_Clear(); /* a lone surrogate: no valid body holds it */
+            continue;
+        }
+        long long value = PyLong_AsLongLong(slot);
+        if (value == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        words_add(words, text, n, value);
+    }
+    return 0;
+}
+
+static int
+layout_init(Layout *self, PyObject *args, PyObject *kwargs)
+{
+    /* Layout(features): a sequence of (name, vocabulary, unseen slot) per feature, the
+     * vocabulary None for a numeric feature (its column: the count of numeric features
+     * before it) or a dict str -> int slot for a categorical one, read once here. */
+    static char *keywords[] = {"features", NULL};
+    PyObject *features;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:Layout", keywords, &features)) {
+        return -1;
+    }
+    if (self->keep != NULL) {
+        PyErr_SetString(PyExc_TypeError, "Layout is initialised once");
+        return -1;
+    }
+    PyObject *seq = PySequence_Fast(features, "Layout: features must be a sequence");
+    if (seq == NULL) {
+        return -1;
+    }
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(seq);
+    self->keep = PyList_New(0);
+    self->vocabulary = PyMem_Calloc(k + 1, sizeof(Words));
+    self->unseen = PyMem_Calloc(k + 1, sizeof(int64_t));
+    self->stamp = PyMem_Calloc(k + 1, sizeof(uint64_t));
+    if (self->keep == NULL || self->vocabulary == NULL || self->unseen == NULL
+        || self->stamp == NULL) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (words_init(&self->features, k) < 0) {
+        Py_DECREF(seq);
+        return -1;
+    }
+    for (Py_ssize_t f = 0; f < k; f++) {
+        PyObject *name, *vocabulary;
+        long long unseen;
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, f);
+        if (!PyTuple_Check(item)
+            || !PyArg_ParseTuple(item, "UOL:Layout feature", &name, &vocabulary, &unseen)) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_TypeError,
+                                "Layout: each feature is (name, vocabulary or None, unseen)");
+            }
+            Py_DECREF(seq);
+            return -1;
+        }
+        Py_ssize_t n;
+        const char *text = kept_utf8(self, name, &n);
+        if (text == NULL) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        int64_t column;
+        if (vocabulary == Py_None) {
+            column = self->numbers++;
+        }
+        else if (PyDict_Check(vocabulary)) {
+            Py_ssize_t c = self->categories++;
+            self->unseen[c] = unseen;
+            if (add_vocabulary(self, &self->vocabulary[c], vocabulary) < 0) {
+                Py_DECREF(seq);
+                return -1;
+            }
+            column = -1 - c;
+        }
+        else {
+            PyErr_Format(PyExc_TypeError, "Layout: feature %R's vocabulary must be a dict",
+                         name);
+            Py_DECREF(seq);
+            return -1;
+        }
+        if (words_add(&self->features, text, n, column) != 0) {
+            PyErr_Format(PyExc_ValueError, "Layout: feature %R is named twice", name);
+            Py_DECREF(seq);
+            return -1;
+        }
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
+static PyObject *
+layout_get_numbers(Layout *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->numbers);
+}
+
+static PyObject *
+layout_get_categories(Layout *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->categories);
+}
+
+static PyMethodDef layout_methods[] = {
+    {"read", (PyCFunction)(void (*)(void))layout_read, METH_FASTCALL,
+     "read(bodies, numbers, slots) -> indices of the bodies left for the Python path.\n\n"
+     "The bodies read fill rows 0, 1, ... of `numbers` (float64, rows x numeric\n"
+     "features) and `slots` (int64, rows x categorical features), in order."},
+    {NULL},
+};
+
+static PyGetSetDef layout_getset[] = {
+    {"numbers", (getter)layout_get_numbers, NULL, "numeric features (columns)", NULL},
+    {"categories", (getter)layout_get_categories, NULL, "categorical features", NULL},
+    {NULL},
+};
+
+static PyType_Slot layout_slots[] = {
+    {Py_tp_doc, "The features of a flat JSON record and where each one's values go."},
+    {Py_tp_init, layout_init},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_dealloc, layout_dealloc},
+    {Py_tp_methods, layout_methods},
+    {Py_tp_getset, layout_getset},
+    {0, NULL},
+};
+
+static PyType_Spec layout_spec = {
+    .name = "sidecar._records.Layout",
+    .basicsize = sizeof(Layout),
+    .flags = Py_TPFLAGS_DEFAULT, /* holds only bytes: no cycles */
+    .slots = layout_slots,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "sidecar._records",
+    .m_doc = "Flat JSON records read straight into columns (see sidecar/records.py).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC
+PyInit__records(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) {
+        return NULL;
+    }
+    PyObject *type = PyType_FromSpec(&layout_spec);
+    if (type == NULL || PyModule_AddObject(m, "Layout", type) < 0) {
+        Py_XDECREF(type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

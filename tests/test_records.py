@@ -1,0 +1,403 @@
+"""The compiled record reader (sidecar/_records.c via sidecar/records.py): it reads the
+usual flat body into the same numbers and category slots the Python path would, leaves
+every other body to the Python path, and the worker counts the same either way."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import struct
+import sys
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sidecar import Baseline, records
+from sidecar.compiled import pure_python_requested
+from sidecar.engine import Engine
+from sidecar.profile import ProfileOptions
+from sidecar.records import RecordReader
+from sidecar.worker import Monitor, Sample
+from tests.hostile import corpus
+from tests.state import monitor_state
+
+compiled_only = pytest.mark.skipif(
+    not records.COMPILED, reason="the compiled reader is not built here"
+)
+FEATURES = ("x", "y", "z", "c", "d")
+
+
+@pytest.fixture(scope="module")
+def baseline() -> Baseline:
+    rows = [
+        {
+            "x": float(i % 100) / 4,
+            "y": i % 7,
+            "z": (i % 13) * 1e6,
+            "c": "abc"[i % 3],
+            "d": ["uv", "wé", "x y"][i % 3],
+            "score": (i % 10) / 10,
+        }
+        for i in range(2000)
+    ]
+    return Baseline.from_records(rows, ProfileOptions(prediction=frozenset({"score"})))
+
+
+def _reader(baseline: Baseline) -> RecordReader:
+    reader = RecordReader.for_engine(Engine(baseline, roles=("input",)))
+    assert reader is not None
+    return reader
+
+
+def _row(**values: Any) -> dict[str, Any]:
+    return {"x": 1.5, "y": 3, "z": 2e6, "c": "a", "d": "uv"} | values
+
+
+def test_ci_builds_the_compiled_reader() -> None:
+    """Where CI runs, a C compiler is there: the tests must cover the compiled reader."""
+    if not os.environ.get("CI"):
+        pytest.skip("outside CI, a machine without a compiler reads every body in Python")
+    assert records.COMPILED or pure_python_requested()
+
+
+@compiled_only
+def test_a_flat_record_is_read_into_numbers_and_the_checkers_slots(baseline: Baseline) -> None:
+    reader = _reader(baseline)
+    engine = reader.engine
+    rows = [_row(), _row(x=-0.25, y=0, z=1.25e-3, c="c", d="x y"), _row(c="never", d="wé")]
+    numbers, slots, left = reader.read([orjson.dumps(row) for row in rows])
+    assert left == []
+    assert numbers.tolist() == [[row[name] for name in engine.numbers] for row in rows]
+    index = {name: c.index for name, c in engine.categories.items()}
+    unseen = {name: c.unseen_slot for name, c in engine.categories.items()}
+    assert slots.tolist() == [
+        [index[name].get(row[name], unseen[name]) for name in engine.categories] for row in rows
+    ]
+
+
+@compiled_only
+def test_key_order_and_json_whitespace_do_not_matter(baseline: Baseline) -> None:
+    reader = _reader(baseline)
+    body = b' \n{ "d" : "uv",\t"c":"b" ,\r\n"z":  7 , "y":-1,"x" :0.5e1 }\n '
+    numbers, slots, left = reader.read([body, orjson.dumps(_row())])
+    assert left == []
+    assert numbers[0].tolist() == [5.0, -1.0, 7.0]
+    assert slots[0].tolist() == slots[1].tolist()[:0] + [
+        reader.engine.categories["c"].index["b"],
+        reader.engine.categories["d"].index["uv"],
+    ]
+
+
+def _tokens(seed: int) -> list[bytes]:
+    """Number tokens of every shape JSON allows, the fast path's edges included."""
+    rng = random.Random(seed)
+    out = [
+        b"0", b"-0", b"0.0", b"1", b"-1", b"0.1", b"0.3", b"1e22", b"1e23", b"1e-22",
+        b"1e-23", b"123456789012345", b"1234567890123456", b"12345678901234567890",
+        b"123456789012345678901234567890", b"18446744073709551615", b"9007199254740993",
+        b"0.000001234", b"1E+2", b"1e-400", b"2.2250738585072011e-308", b"4.9e-324",
+        b"1.7976931348623157e308", b"0.1e1", b"100.05", b"0.30000000000000004",
+        b"999999999999999.9", b"8.98846567431158e307",
+    ]  # fmt: skip
+    for _ in range(2000):
+        bits = rng.getrandbits(64)
+        value = struct.unpack("<d", bits.to_bytes(8, "little"))[0]
+        if math.isfinite(value):
+            out.append(orjson.dumps(value))
+        out.append(repr(round(rng.uniform(-1e4, 1e4), rng.randint(0, 8))).encode())
+        out.append(str(rng.randint(-(2**70), 2**70)).encode())
+        mantissa, exponent = rng.randint(0, 10 ** rng.randint(1, 17)), rng.randint(-30, 30)
+        out.append(f"{mantissa}e{exponent}".encode())
+    return out
+
+
+@compiled_only
+def test_numbers_are_the_doubles_python_reads(baseline: Baseline) -> None:
+    reader = _reader(baseline)
+    tokens = _tokens(seed=5)
+    bodies = [b'{"x":%s,"y":1,"z":2,"c":"a","d":"uv"}' % token for token in tokens]
+    numbers, _, left = reader.read(bodies)
+    assert left == []
+    read = numbers[:, 0].tolist()
+    for token, value in zip(tokens, read, strict=True):
+        assert value == float(orjson.loads(token)), token
+
+
+BAD_BODIES = [
+    b'{"x":1.5,"y":3,"z":2,"c":"a"}',  # a feature missing
+    b'{"x":1.5,"y":3,"z":2,"c":"a","d":"uv","w":1}',  # an unknown key
+    b'{"x":1.5,"y":3,"z":2,"c":"a","d":"uv","score":0.5}',  # a prediction key
+    b'{"x":1.5,"x":2,"y":3,"z":2,"c":"a","d":"uv"}',  # a repeated key
+    b'{"x":1.5,"x":2,"z":2,"c":"a","d":"uv"}',  # repeated, and five keys in all
+    b'{"x":null,"y":3,"z":2,"c":"a","d":"uv"}',
+    b'{"x":true,"y":3,"z":2,"c":"a","d":"uv"}',
+    b'{"x":"1.5","y":3,"z":2,"c":"a","d":"uv"}',  # a number as a string
+    b'{"x":1.5,"y":3,"z":2,"c":7,"d":"uv"}',  # a category as a number
+    b'{"x":[1.5],"y":3,"z":2,"c":"a","d":"uv"}',
+    b'{"x":{"v":1},"y":3,"z":2,"c":"a","d":"uv"}',
+    b'{"x":NaN,"y":3,"z":2,"c":"a","d":"uv"}',
+    b'{"x":-Infinity,"y":3,"z":2,"c":"a","d":"uv"}',
+    b'{"x":1e400,"y":3,"z":2,"c":"a","d":"uv"}',  # overflows to inf
+    b'{"x":01,"y":3,"z":2,"c":"a","d":"uv"}',
+    b'{"x":1.,"y":3,"z":2,"c":"a","d":"uv"}',
+    b'{"x":.5,"y":3,"z":2,"c":"a","d":"uv"}',
+    b'{"x":+1,"y":3,"z":2,"c":"a","d":"uv"}',
+    b'{"x":-,"y":3,"z":2,"c":"a","d":"uv"}',
+    b'{"x":1e,"y":3,"z":2,"c":"a","d":"uv"}',
+    b'{"x":0x10,"y":3,"z":2,"c":"a","d":"uv"}',
+    b'{"x":1.5,"y":3,"z":2,"c":"a","d":"uv",}',  # a trailing comma
+    b'{"x":1.5,"y":3,"z":2,"c":"a","d":"uv"} x',  # garbage after the object
+    b'{"x":1.5,"y":3,"z":2,"c":"a","d":"uv"}{}',
+    b'{"x":1.5,"y":3,"z":2,"c":"a","d":"uv"',  # cut short
+    b'{"x":1.5,"y":3,"z":2,"c":"a","d":"u',
+    b'{"x":1.5,"y":3,"z":2,"c":"a","d":"uv"}\x00',
+    b'{"x":1.5,"y":3,"z":2,"c":"a\x00","d":"uv"}',
+    b'{"x":1.5,"y":3,"z":2,"c":"a\n","d":"uv"}',  # a raw control character
+    b'{"x":1.5,"y":3,"z":2,"c":"\\u0061","d":"uv"}',  # an escape: Python decodes it
+    b'{"\\u0078":1.5,"y":3,"z":2,"c":"a","d":"uv"}',
+    b'{"x":1.5,"y":3,"z":2,"c":"a","d":"\xff"}',  # not UTF-8
+    b'{"x":1.5,"y":3,"z":2,"c":"a","d":"\xed\xa0\x80"}',  # a UTF-8 surrogate
+    b'{"x" 1.5,"y":3,"z":2,"c":"a","d":"uv"}',
+    b'{"x":1.5;"y":3,"z":2,"c":"a","d":"uv"}',
+    b'{x:1.5,"y":3,"z":2,"c":"a","d":"uv"}',
+    b"{'x':1.5,'y':3,'z':2,'c':'a','d':'uv'}",
+    b'[{"x":1.5,"y":3,"z":2,"c":"a","d":"uv"}]',
+    b'{"instances":[{"x":1.5,"y":3,"z":2,"c":"a","d":"uv"}]}',
+    b"{}",
+    b"",
+    b"   ",
+    b"null",
+]
+
+
+@compiled_only
+@pytest.mark.parametrize("body", BAD_BODIES)
+def test_bodies_it_does_not_fully_understand_are_left_to_python(
+    baseline: Baseline, body: bytes
+) -> None:
+    numbers, slots, left = _reader(baseline).read([body, orjson.dumps(_row())])
+    assert left == [0]
+    assert len(numbers) == len(slots) == 1  # the good body after it still read, in row 0
+
+
+@compiled_only
+def test_a_body_that_is_not_bytes_is_left_to_python(baseline: Baseline) -> None:
+    body = orjson.dumps(_row())
+    _, _, left = _reader(baseline).read([bytearray(body), memoryview(body), body])  # type: ignore[list-item]
+    assert left == [0, 1]
+
+
+@compiled_only
+def test_reading_keeps_no_reference_and_scales_past_one_chunk(baseline: Baseline) -> None:
+    reader = _reader(baseline)
+    bodies = [orjson.dumps(_row(x=float(i))) for i in range(3 * records.CHUNK + 5)]
+    bodies[40] = b"{not json"
+    before = [sys.getrefcount(b) for b in bodies]
+    numbers, _, left = reader.read(bodies)
+    assert left == [40]
+    assert numbers[:, 0].tolist() == [float(i) for i in range(len(bodies)) if i != 40]
+    assert [sys.getrefcount(b) for b in bodies] == before
+
+
+def _features(**kinds: Any) -> Baseline:
+    rows = [
+        {"a": float(i), "b": float(i % 5), "c": "pq"[i % 2], "d": "rs"[i % 2], "e": i} | kinds
+        for i in range(300)
+    ]
+    return Baseline.from_records(rows)
+
+
+@compiled_only
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"when": "2026-01-01T00:00:00Z"},  # a timestamp
+        {"v": [1.0, 2.0]},  # a list
+        {"flag": True},  # a boolean category
+        {"n": {"inner": 1.0}},  # nested: flattened names
+    ],
+)
+def test_features_the_reader_does_not_take_leave_every_body_to_python(
+    extra: dict[str, Any],
+) -> None:
+    assert RecordReader.for_engine(Engine(_features(**extra), roles=("input",))) is None
+
+
+@compiled_only
+def test_an_envelope_sized_record_is_left_to_the_payload_detection() -> None:
+    """Four features fit in an envelope (Seldon: data, meta, status, jsonData): the
+    Python path decides what such a body is, so there is no reader."""
+    rows = [{"a": float(i), "b": float(i), "c": "pq"[i % 2], "d": 1.0} for i in range(100)]
+    assert RecordReader.for_engine(Engine(Baseline.from_records(rows))) is None
+    assert RecordReader.for_engine(Engine(_features(), roles=("input",))) is not None
+
+
+@compiled_only
+def test_the_layout_refuses_bad_arguments() -> None:
+    layout_type = type(_reader(_features()).layout)
+    with pytest.raises(ValueError, match="named twice"):
+        layout_type([("a", None, 0), ("a", None, 0)])
+    with pytest.raises(TypeError, match="must be a dict"):
+        layout_type([("a", ["x"], 0)])
+    with pytest.raises(TypeError):
+        layout_type([("a",)])
+    layout = layout_type([("a", None, 0), ("b", {"x": 0}, 1)])
+    body = [b'{"a":1,"b":"x"}']
+    with pytest.raises(TypeError, match="float64"):
+        layout.read(body, np.empty((1, 1), dtype=np.float32), np.empty((1, 1), dtype=np.int64))
+    with pytest.raises(TypeError, match="int64"):
+        layout.read(body, np.empty((1, 1)), np.empty((1, 1), dtype=np.int32))
+    with pytest.raises(ValueError):  # not C-contiguous
+        layout.read(body, np.empty((2, 2))[:, :1], np.empty((2, 1), dtype=np.int64))
+    with pytest.raises(ValueError, match="fewer matrix rows"):
+        layout.read(body * 2, np.empty((1, 1)), np.empty((1, 1), dtype=np.int64))
+    with pytest.raises(TypeError):
+        layout.read(body, np.empty((1, 1)))
+
+
+# -- the worker counts the same with and without the reader ------------------------------
+
+
+def _assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], float):  # sums: added in another order
+            assert math.isclose(a[key], b[key], rel_tol=1e-9, abs_tol=1e-9), key
+        else:
+            assert a[key] == b[key], key
+
+
+def _both(baseline: Baseline, samples: list[Sample]) -> int:
+    """Counts of `samples` with and without the reader are the same; returns how many
+    bodies the reader read."""
+    read = Monitor(baseline, registry=None, queue_size=100_000)
+    python = Monitor(baseline, registry=None, queue_size=100_000)
+    python._reader = None
+    reader = read._reader
+    assert reader is not None
+    bodies = 0
+
+    def counted(*args: Any) -> Any:
+        nonlocal bodies
+        out = RecordReader.read(reader, *args)
+        bodies += len(out[0])
+        return out
+
+    reader.read = counted  # type: ignore[method-assign]
+    for monitor in (read, python):
+        for sample in samples:
+            monitor.submit(sample)
+        assert monitor.process_pending() == len(samples)
+    _assert_same(monitor_state(read), monitor_state(python))
+    return bodies
+
+
+_value = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from(["a", "b", "uv", "wé", "x y", "zz", "7", "a\\b", 'q"'])
+)
+_record = st.fixed_dictionaries(
+    {
+        "x": st.floats(-1e3, 1e3) | _value,
+        "y": st.integers(-10, 10) | _value,
+        "z": st.floats(allow_nan=False, allow_infinity=False),
+        "c": st.sampled_from(["a", "b", "c", "d"]) | _value,
+        "d": st.sampled_from(["uv", "wé", "x y", "new"]) | _value,
+    },
+    optional={"extra": _value, "score": _value},
+)
+
+
+def _encode(record: dict[str, Any], mangle: int) -> bytes:
+    try:
+        data = orjson.dumps(record)
+    except orjson.JSONEncodeError:  # integers beyond 64 bits: json reads them
+        data = repr(record).replace("'", '"').encode()
+    data = data.replace(b"nan", b"NaN").replace(b"inf", b"Infinity")
+    if mangle == 1:
+        data = data.replace(b",", b" ,\n ", 2)
+    elif mangle == 2:
+        data = data[: len(data) // 2]
+    elif mangle == 3:
+        data = data.replace(b'"x"', b'"y"', 1)  # a repeated key, one missing
+    return data
+
+
+@st.composite
+def _samples(draw: st.DrawFn) -> Sample:
+    body = _encode(draw(_record), draw(st.sampled_from([0, 0, 0, 1, 2, 3])))
+    response = orjson.dumps({"predictions": [draw(st.floats(0, 1))]})
+    return Sample([body], [response], 200, [], [])
+
+
+@compiled_only
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_samples(), max_size=40))
+def test_the_worker_counts_the_same_with_and_without_the_reader(
+    baseline: Baseline, samples: list[Sample]
+) -> None:
+    _both(baseline, samples)
+
+
+@compiled_only
+def test_mixed_traffic_is_counted_the_same_with_and_without_the_reader(
+    baseline: Baseline,
+) -> None:
+    """Mostly good bodies with random values, unseen categories and out-of-range numbers,
+    a third of them broken in each of the ways the reader leaves to Python."""
+    rng = random.Random(9)
+    bad = BAD_BODIES
+    samples = []
+    for _ in range(3000):
+        if rng.random() < 0.33:
+            body = rng.choice(bad)
+        else:
+            row = _row(
+                x=rng.choice([rng.uniform(-50, 50), rng.randint(-5, 40), 1e300]),
+                y=rng.randint(-3, 9),
+                z=rng.lognormvariate(10, 3),
+                c=rng.choice("abcde"),
+                d=rng.choice(["uv", "wé", "x y", "new", ""]),
+            )
+            body = orjson.dumps(row)
+        samples.append(Sample([body], [b'{"predictions":[0.5]}'], 200, [], []))
+    assert _both(baseline, samples) >= 1800
+
+
+@compiled_only
+def test_the_hostile_corpus_is_counted_the_same_with_and_without_the_reader(
+    baseline: Baseline,
+) -> None:
+    samples = [
+        Sample(list(body.chunks), [b'{"predictions":[0.1]}'], 200, body.headers, [])
+        for body in corpus(300, seed=4)
+    ]
+    samples += [Sample([orjson.dumps(_row(x=i / 7))]) for i in range(300)]
+    assert _both(baseline, samples) >= 300
+
+
+@compiled_only
+def test_the_usual_body_is_read_without_python_parsing_it(
+    baseline: Baseline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monitor = Monitor(baseline, registry=None)
+    parsed: list[Any] = []
+    monkeypatch.setattr(monitor, "_plain_request", lambda *args: parsed.append(args) or "")
+    for i in range(200):
+        monitor.submit(Sample([orjson.dumps(_row(x=i % 25))], [b'{"predictions":[0.5]}']))
+    monitor.process_pending()
+    assert parsed == []
+    assert monitor.counts.checked == 200
+    window = monitor.requests.window
+    assert window.rows == 200
+    assert window.features["x"].values == 200
+    assert window.features["c"].values == 200
+    assert window.unknown_features == 0
