@@ -23,6 +23,7 @@
  * Open addressing; the strings themselves are owned by the Layout (`keep`). */
 typedef struct {
     Py_ssize_t count;
+    Py_ssize_t capacity;
     const char **text;
     Py_ssize_t *length;
     int64_t *value;
@@ -48,6 +49,7 @@ words_init(Words *w, Py_ssize_t capacity)
         size *= 2;
     }
     w->mask = size - 1;
+    w->capacity = capacity;
     w->text = PyMem_Calloc(capacity + 1, sizeof(char *));
     w->length = PyMem_Calloc(capacity + 1, sizeof(Py_ssize_t));
     w->value = PyMem_Calloc(capacity + 1, sizeof(int64_t));
@@ -84,12 +86,17 @@ words_find(const Words *w, const unsigned char *text, Py_ssize_t n)
     }
 }
 
-/* Add a string (capacity permitting, as words_init sized it); 1 if it was there. */
+/* Add a string: 0, 1 if it was there, -1 (raised) beyond the capacity words_init
+ * was given (the table must keep empty slots for words_find to end). */
 static int
 words_add(Words *w, const char *text, Py_ssize_t n, int64_t value)
 {
     if (words_find(w, (const unsigned char *)text, n) >= 0) {
         return 1;
+    }
+    if (w->count >= w->capacity) {
+        PyErr_SetString(PyExc_RuntimeError, "Layout: a vocabulary changed while read");
+        return -1;
     }
     Py_ssize_t j = w->count++;
     w->text[j] = text;
@@ -113,6 +120,7 @@ typedef struct {
     PyObject *keep;      /* list of the UTF-8 bytes the Words point into */
     uint64_t *stamp;     /* per feature: the body it was last seen in (repeats) */
     uint64_t body;
+    int ready;           /* __init__ completed */
 } Layout;
 
 static Py_ssize_t
@@ -175,7 +183,10 @@ read_number(const unsigned char *p, double *value)
             return NULL;
         }
         for (; *p >= '0' && *p <= '9'; p++) {
-            if (digits == 0 && *p == '0') {
+            if (scale >= 10000) {
+                significant = 99; /* strtod's: and `scale` stays far from overflowing */
+            }
+            else if (digits == 0 && *p == '0') {
                 scale++; /* a leading zero of the fraction */
             }
             else if (significant < 19) {
@@ -201,6 +212,9 @@ read_number(const unsigned char *p, double *value)
         for (; *p >= '0' && *p <= '9'; p++) {
             if (exponent < 10000) {
                 exponent = exponent * 10 + (*p - '0');
+            }
+            else {
+                significant = 99; /* a capped exponent is not the exponent: strtod's */
             }
         }
         exponent = minus ? -exponent : exponent;
@@ -337,7 +351,7 @@ read_body(Layout *self, const unsigned char *p, const unsigned char *end, double
 }
 
 static int
-matrix(PyObject *obj, Py_buffer *view, const char *what)
+matrix(PyObject *obj, Py_buffer *view, const char *what, Py_ssize_t columns)
 {
     if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
         return -1;
@@ -346,12 +360,13 @@ matrix(PyObject *obj, Py_buffer *view, const char *what)
     if (*format == '@' || *format == '=' || *format == '<') {
         format++;
     }
-    int ok = view->itemsize == 8
+    int ok = view->itemsize == 8 && view->ndim == 2 && view->shape[1] == columns
              && (*what == 'd' ? strcmp(format, "d") == 0
                               : strcmp(format, "q") == 0 || strcmp(format, "l") == 0);
     if (!ok) {
-        PyErr_Format(PyExc_TypeError, "Layout.read: %s must be a C-contiguous %s array",
-                     what + 1, *what == 'd' ? "float64" : "int64");
+        PyErr_Format(PyExc_TypeError,
+                     "Layout.read: %s must be a C-contiguous %s array of %zd columns",
+                     what + 1, *what == 'd' ? "float64" : "int64", columns);
         PyBuffer_Release(view);
         return -1;
     }
@@ -365,23 +380,27 @@ layout_read(Layout *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "Layout.read(bodies, numbers, slots)");
         return NULL;
     }
+    if (!self->ready) {
+        PyErr_SetString(PyExc_TypeError, "Layout.read: the layout was not initialised");
+        return NULL;
+    }
     PyObject *bodies = PySequence_Fast(args[0], "Layout.read: bodies must be a sequence");
     if (bodies == NULL) {
         return NULL;
     }
     Py_buffer x, s;
-    if (matrix(args[1], &x, "dnumbers") < 0) {
+    if (matrix(args[1], &x, "dnumbers", self->numbers) < 0) {
         Py_DECREF(bodies);
         return NULL;
     }
-    if (matrix(args[2], &s, "qslots") < 0) {
+    if (matrix(args[2], &s, "qslots", self->categories) < 0) {
         PyBuffer_Release(&x);
         Py_DECREF(bodies);
         return NULL;
     }
     PyObject *left = PyList_New(0);
     Py_ssize_t n = PySequence_Fast_GET_SIZE(bodies);
-    if (left != NULL && (x.len < n * self->numbers * 8 || s.len < n * self->categories * 8)) {
+    if (left != NULL && (x.shape[0] < n || s.shape[0] < n)) {
         PyErr_SetString(PyExc_ValueError, "Layout.read: fewer matrix rows than bodies");
         Py_CLEAR(left);
     }
@@ -468,11 +487,18 @@ add_vocabulary(Layout *self, Words *words, PyObject *vocabulary)
             PyErr_Clear(); /* a lone surrogate: no valid body holds it */
             continue;
         }
-        long long value = PyLong_AsLongLong(slot);
-        if (value == -1 && PyErr_Occurred()) {
+        /* An exact int: converting it runs no code that could change the dict. */
+        long long value = PyLong_CheckExact(slot) ? PyLong_AsLongLong(slot) : -1;
+        if (value < 0) {
+            if (!PyErr_Occurred()) {
+                PyErr_Format(PyExc_ValueError, "Layout: slot %R of %R is not an int >= 0",
+                             slot, key);
+            }
             return -1;
         }
-        words_add(words, text, n, value);
+        if (words_add(words, text, n, value) < 0) {
+            return -1;
+        }
     }
     return 0;
 }
@@ -535,6 +561,12 @@ layout_init(Layout *self, PyObject *args, PyObject *kwargs)
             column = self->numbers++;
         }
         else if (PyDict_Check(vocabulary)) {
+            if (unseen < 0) {
+                PyErr_Format(PyExc_ValueError, "Layout: feature %R's unseen slot is negative",
+                             name);
+                Py_DECREF(seq);
+                return -1;
+            }
             Py_ssize_t c = self->categories++;
             self->unseen[c] = unseen;
             if (add_vocabulary(self, &self->vocabulary[c], vocabulary) < 0) {
@@ -549,13 +581,17 @@ layout_init(Layout *self, PyObject *args, PyObject *kwargs)
             Py_DECREF(seq);
             return -1;
         }
-        if (words_add(&self->features, text, n, column) != 0) {
-            PyErr_Format(PyExc_ValueError, "Layout: feature %R is named twice", name);
+        int added = words_add(&self->features, text, n, column);
+        if (added != 0) {
+            if (added > 0) {
+                PyErr_Format(PyExc_ValueError, "Layout: feature %R is named twice", name);
+            }
             Py_DECREF(seq);
             return -1;
         }
     }
     Py_DECREF(seq);
+    self->ready = 1;
     return 0;
 }
 

@@ -62,8 +62,7 @@ class RecordReader:
         the bodies left for the Python path. `pause` runs before each chunk of bodies
         (the GIL is held while one is read)."""
         n = len(bodies)
-        numbers = np.empty((n, len(self.engine.numbers)), dtype=np.float64)
-        slots = np.empty((n, len(self.engine.categories)), dtype=np.int64)
+        numbers, slots = self.empty(n)
         left: list[int] = []
         row = 0
         for start in range(0, n, CHUNK):
@@ -73,3 +72,9 @@ class RecordReader:
             row += len(chunk) - len(skipped)
             left += [start + i for i in skipped]
         return numbers[:row], slots[:row], left
+
+    def empty(self, rows: int = 0) -> tuple[FloatArray, IntArray]:
+        """Uninitialised matrices for `rows` rows."""
+        numbers = np.empty((rows, len(self.engine.numbers)), dtype=np.float64)
+        slots = np.empty((rows, len(self.engine.categories)), dtype=np.int64)
+        return numbers, slots

@@ -39,6 +39,7 @@ from .sampling import Sampler
 logger = logging.getLogger("sidecar")
 
 Extractor = Callable[[Any], Sequence[Any]]
+Columns = tuple[Engine, FloatArray, IntArray]  # requests read by a RecordReader
 Headers = Iterable[tuple[bytes, bytes]]
 
 
@@ -584,7 +585,7 @@ class Monitor:
             started = time.perf_counter()
             requests: list[Any] = []
             responses: list[Any] = []
-            columns: list[tuple[FloatArray, IntArray]] = []
+            columns: list[Columns] = []
             n = min(remaining, self.batch_samples)
             remaining -= n
             if self._recorders is None:
@@ -605,7 +606,7 @@ class Monitor:
         n: int,
         requests: list[Any],
         responses: list[Any],
-        columns: list[tuple[FloatArray, IntArray]],
+        columns: list[Columns],
     ) -> None:
         """`_extract` of the next n queued samples, with the usual exchange inlined: one
         chunk each way, no Content-Encoding, a plain record in and one prediction out.
@@ -653,12 +654,17 @@ class Monitor:
         reader: RecordReader,
         samples: list[Sample],
         requests: list[Any],
-        columns: list[tuple[FloatArray, IntArray]],
+        columns: list[Columns],
     ) -> None:
         """Plain requests into `columns`; those the reader leaves, as rows."""
         bodies = [sample.request[0] for sample in samples]
-        numbers, slots, left = reader.read(bodies, self.pacer.tick)
-        columns.append((numbers, slots))
+        try:
+            numbers, slots, left = reader.read(bodies, self.pacer.tick)
+        except Exception:  # counted; the Python path reads them all
+            self._error("extract")
+            numbers, slots = reader.empty()
+            left = list(range(len(samples)))
+        columns.append((reader.engine, numbers, slots))
         self.counts.checked += len(numbers)
         for i in left:
             self._count(self._plain_request(samples[i], requests))
@@ -767,18 +773,21 @@ class Monitor:
         requests: list[Any],
         responses: list[Any],
         ids: tuple[list[str | None], list[str | None]] | None = None,
-        columns: Sequence[tuple[FloatArray, IntArray]] = (),
+        columns: Sequence[Columns] = (),
     ) -> None:
-        for numbers, slots in columns:
-            try:
-                with self._lock:  # as below
-                    self._checked += 1
-                    self.pacer.hold()
-                    self.requests.check_columns(numbers, slots, self.pacer.tick_holding)
-            except Exception:
-                self._error("check")
-            self.pacer.tick()
         step = self.batch_rows
+        for engine, numbers, slots in columns:  # the engine they were read for
+            for i in range(0, len(numbers), step):
+                try:
+                    with self._lock:  # as below
+                        self._checked += 1
+                        self.pacer.hold()
+                        engine.check_columns(
+                            numbers[i : i + step], slots[i : i + step], self.pacer.tick_holding
+                        )
+                except Exception:
+                    self._error("check")
+                self.pacer.tick()
         now = time.time() if ids is not None else 0.0  # evidence's timestamps
         batches = ((self.requests, requests), (self.responses, responses))
         for j, (engine, rows) in enumerate(batches):
