@@ -37,7 +37,8 @@ medians; ratios are medians of per-round ratios against the no-op middleware, wi
   skew-0.1-no-pause     skew-0.1 whose worker never steps aside while requests arrive
                         (busy_pause_seconds 0: only offers the GIL between slices)
   skew-0.0-pure, skew-0.1-pure, sink-0.1-pure-apart
-                        the same with the pure-Python gate (SKEW_SIDECAR_PURE_PYTHON=1),
+                        the same with the compiled parts off (SKEW_SIDECAR_PURE_PYTHON=1:
+                        the Python gate, and no record reader in the worker),
                         as where no C compiler was found at install
   skew-1.0+scrape       skew-1.0 while a thread GETs /metrics once a second
                         (sidecar.metrics_app: renders in a thread)
@@ -97,7 +98,7 @@ SERVER_VARIANTS = (
     "skew-0.1-queue-only", "skew-all-tap-only", "skew-0.1-no-pause",
     "sink-0.1-apart", "skew-0.0-pure", "skew-0.1-pure", "sink-0.1-pure-apart",
 )  # fmt: skip
-PURE = "-pure"  # in a variant's name: the pure-Python gate (sidecar/gate.py)
+PURE = "-pure"  # in a variant's name: no compiled parts (sidecar/compiled.py)
 
 
 class SkewOptions(TypedDict, total=False):
