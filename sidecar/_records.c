@@ -273,7 +273,8 @@ valid_utf8(const unsigned char *text, Py_ssize_t n)
 
 enum { READ = 0, LEFT = 1, ERROR = -1 };
 
-/* One body into row `row`: READ, LEFT (for the Python path) or ERROR (raised). */
+/* One body into its row of `numbers` and `slots`: READ, LEFT (for the Python path) or
+ * ERROR (raised). */
 static int
 read_body(Layout *self, const unsigned char *p, const unsigned char *end, double *numbers,
           int64_t *slots)

@@ -8,9 +8,12 @@ fully understand (another payload format, a missing, repeated or unknown key, nu
 value of another type, an escaped string, NaN, invalid JSON) it leaves to the Python
 path, which parses and counts it as before, so the counts are the same either way.
 
-There is no reader without the compiled module, with `SKEW_SIDECAR_PURE_PYTHON=1`, or
-for a baseline with features it does not take (timestamps, lists, number or boolean
-categories, nested names): the Python path then reads every body.
+There is no reader without the compiled module, with `SKEW_SIDECAR_PURE_PYTHON=1`, for
+a baseline with features it does not take (timestamps, lists, number or boolean
+categories, nested names), or with four features or fewer (as many keys as an envelope
+has: the Python path's payload detection decides what such a body is). The Python path
+then reads every body. Lists of records and envelopes (`instances`, ...) are always
+read in Python.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from .extract import is_plain_record
 _Layout = compiled("_records", "Layout")
 COMPILED = _Layout is not None
 CHUNK = 32  # bodies read per call, the GIL held: about 1 µs each
-COMPILED = _Layout is not None
 
 
 class RecordReader:
