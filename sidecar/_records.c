@@ -1,7 +1,8 @@
 /* Flat JSON records read straight into columns, compiled.
  *
  * The worker's usual sample is one JSON object holding every feature once: numbers for
- * numeric features, strings for categorical ones. Parsing it into a dict, then
+ * numeric features, strings for categorical ones (or a list of such objects, bare or as
+ * `{"instances": [...]}`: one row each). Parsing it into a dict, then
  * gathering each feature's values back out of the dicts and into numpy arrays, was
  * most of the worker's CPU per sample. `Layout.read` scans the bytes once and writes
  * each number into its column of a float64 matrix and each category's vocabulary slot
@@ -118,8 +119,8 @@ typedef struct {
     Words *vocabulary;   /* per categorical column: its strings' slots */
     int64_t *unseen;     /* per categorical column: the slot of values not in it */
     PyObject *keep;      /* list of the UTF-8 bytes the Words point into */
-    uint64_t *stamp;     /* per feature: the body it was last seen in (repeats) */
-    uint64_t body;
+    uint64_t *stamp;     /* per feature: the record it was last seen in (repeats) */
+    uint64_t record;
     int ready;           /* __init__ completed */
 } Layout;
 
@@ -273,41 +274,45 @@ valid_utf8(const unsigned char *text, Py_ssize_t n)
 
 enum { READ = 0, LEFT = 1, ERROR = -1 };
 
-/* One body into its row of `numbers` and `slots`: READ, LEFT (for the Python path) or
- * ERROR (raised). */
-static int
-read_body(Layout *self, const unsigned char *p, const unsigned char *end, double *numbers,
-          int64_t *slots)
+/* Records one body may hold to be read here: the GIL is held for a whole body, and a
+ * longer array goes to the Python path, which checks it in slices. */
+#define MAX_RECORDS 64
+
+/* One flat object at p (its '{') into a row of `numbers` and `slots`: the end of the
+ * object, or NULL with *status LEFT (for the Python path) or ERROR (raised). */
+static const unsigned char *
+read_record(Layout *self, const unsigned char *p, double *numbers, int64_t *slots,
+            int *status)
 {
-    /* The bytes object ends with a NUL, so scanning stops at `end` without a check:
-     * no token accepted here contains one. */
-    uint64_t body = ++self->body;
+    /* The bytes object ends with a NUL, so scanning stops at the body's end without a
+     * check: no token accepted here contains one. */
+    uint64_t record = ++self->record;
     Py_ssize_t seen = 0, previous = -1;
-    p = skip_space(p);
+    *status = LEFT;
     if (*p++ != '{') {
-        return LEFT;
+        return NULL;
     }
     p = skip_space(p);
     for (;;) {
         if (*p++ != '"') {
-            return LEFT;
+            return NULL;
         }
         int ascii;
         const unsigned char *key = p;
         p = string_end(p, &ascii);
         if (p == NULL) {
-            return LEFT;
+            return NULL;
         }
         Py_ssize_t f = find(self, key, p - key, previous + 1);
-        if (f < 0 || self->stamp[f] == body) {
-            return LEFT; /* unknown or repeated */
+        if (f < 0 || self->stamp[f] == record) {
+            return NULL; /* unknown or repeated */
         }
-        self->stamp[f] = body;
+        self->stamp[f] = record;
         seen++;
         previous = f;
         p = skip_space(p + 1);
         if (*p++ != ':') {
-            return LEFT;
+            return NULL;
         }
         p = skip_space(p);
         Py_ssize_t column = self->features.value[f];
@@ -315,22 +320,23 @@ read_body(Layout *self, const unsigned char *p, const unsigned char *end, double
             double v;
             p = read_number(p, &v);
             if (p == NULL || !isfinite(v)) {
-                return LEFT;
+                return NULL;
             }
             numbers[column] = v;
         }
         else {
             column = -1 - column;
             if (*p++ != '"') {
-                return LEFT;
+                return NULL;
             }
             const unsigned char *text = p;
             p = string_end(p, &ascii);
             if (p == NULL) {
-                return LEFT;
+                return NULL;
             }
             if (!ascii && !valid_utf8(text, p - text)) {
-                return PyErr_Occurred() ? ERROR : LEFT; /* the Python path's verdict */
+                *status = PyErr_Occurred() ? ERROR : LEFT; /* LEFT: the Python path's verdict */
+                return NULL;
             }
             Words *vocabulary = &self->vocabulary[column];
             Py_ssize_t j = words_find(vocabulary, text, p - text);
@@ -339,16 +345,101 @@ read_body(Layout *self, const unsigned char *p, const unsigned char *end, double
         }
         p = skip_space(p);
         if (*p == '}') {
-            p++;
             break;
         }
         if (*p++ != ',') {
-            return LEFT;
+            return NULL;
         }
         p = skip_space(p);
     }
+    return seen == self->features.count ? p + 1 : NULL;
+}
+
+/* A JSON array of flat objects at p (its '[') into rows from *rows on, at most
+ * `capacity` rows in all and MAX_RECORDS from this array: the end of the array, or
+ * NULL with *status set. An empty array is the Python path's ("no_rows"). */
+static const unsigned char *
+read_records(Layout *self, const unsigned char *p, double *numbers, int64_t *slots,
+             Py_ssize_t capacity, Py_ssize_t *rows, int *status)
+{
+    Py_ssize_t first = *rows;
+    *status = LEFT;
+    p = skip_space(p + 1);
+    for (;;) {
+        if (*rows >= capacity || *rows - first >= MAX_RECORDS) {
+            return NULL;
+        }
+        p = read_record(self, p, numbers + *rows * self->numbers,
+                        slots + *rows * self->categories, status);
+        if (p == NULL) {
+            return NULL;
+        }
+        ++*rows;
+        p = skip_space(p);
+        if (*p == ']') {
+            return p + 1;
+        }
+        if (*p++ != ',') {
+            return NULL;
+        }
+        p = skip_space(p);
+    }
+}
+
+/* `{"instances": [` at p: the array's '[', else NULL. */
+static const unsigned char *
+instances(const unsigned char *p)
+{
+    static const char key[] = "\"instances\"";
+    p = skip_space(p + 1);
+    if (memcmp(p, key, sizeof(key) - 1) != 0) { /* stops at a NUL: it differs from key */
+        return NULL;
+    }
+    p = skip_space(p + sizeof(key) - 1);
+    if (*p++ != ':') {
+        return NULL;
+    }
     p = skip_space(p);
-    return p == end && seen == self->features.count ? READ : LEFT;
+    return *p == '[' ? p : NULL;
+}
+
+/* One body: one flat object, an array of them, or `{"instances": [...]}` holding them
+ * and nothing else, into rows from *rows on (at most `capacity` rows in all). READ (and
+ * *rows moved on), LEFT or ERROR (raised). */
+static int
+read_body(Layout *self, const unsigned char *p, const unsigned char *end, double *numbers,
+          int64_t *slots, Py_ssize_t capacity, Py_ssize_t *rows)
+{
+    int status = LEFT;
+    Py_ssize_t row = *rows;
+    const unsigned char *array;
+    p = skip_space(p);
+    if (*p == '[') {
+        p = read_records(self, p, numbers, slots, capacity, &row, &status);
+    }
+    else if (*p == '{' && (array = instances(p)) != NULL) {
+        p = read_records(self, array, numbers, slots, capacity, &row, &status);
+        if (p != NULL) {
+            p = skip_space(p);
+            p = *p == '}' ? p + 1 : NULL; /* other keys beside it: the Python path's */
+        }
+    }
+    else if (*p == '{' && row < capacity) {
+        p = read_record(self, p, numbers + row * self->numbers,
+                        slots + row * self->categories, &status);
+        row += p != NULL;
+    }
+    else {
+        return LEFT;
+    }
+    if (p == NULL) {
+        return status;
+    }
+    if (skip_space(p) != end) {
+        return LEFT;
+    }
+    *rows = row;
+    return READ;
 }
 
 static int
@@ -401,28 +492,21 @@ layout_read(Layout *self, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *left = PyList_New(0);
     Py_ssize_t n = PySequence_Fast_GET_SIZE(bodies);
-    if (left != NULL && (x.shape[0] < n || s.shape[0] < n)) {
-        PyErr_SetString(PyExc_ValueError, "Layout.read: fewer matrix rows than bodies");
-        Py_CLEAR(left);
-    }
-    Py_ssize_t row = 0;
+    Py_ssize_t capacity = x.shape[0] < s.shape[0] ? x.shape[0] : s.shape[0];
+    Py_ssize_t rows = 0;
     for (Py_ssize_t i = 0; left != NULL && i < n; i++) {
         PyObject *item = PySequence_Fast_GET_ITEM(bodies, i);
         int status = LEFT;
         if (PyBytes_CheckExact(item)) {
             /* Borrowed: reading runs no Python code that could drop it. */
             const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(item);
-            status = read_body(self, p, p + PyBytes_GET_SIZE(item),
-                               (double *)x.buf + row * self->numbers,
-                               (int64_t *)s.buf + row * self->categories);
+            status = read_body(self, p, p + PyBytes_GET_SIZE(item), (double *)x.buf,
+                               (int64_t *)s.buf, capacity, &rows);
         }
-        if (status == READ) {
-            row++;
-        }
-        else if (status == ERROR) {
+        if (status == ERROR) {
             Py_CLEAR(left);
         }
-        else {
+        else if (status == LEFT) {
             PyObject *index = PyLong_FromSsize_t(i);
             if (index == NULL || PyList_Append(left, index) < 0) {
                 Py_CLEAR(left);
@@ -430,6 +514,9 @@ layout_read(Layout *self, PyObject *const *args, Py_ssize_t nargs)
             Py_XDECREF(index);
         }
     }
+    PyObject *result = left == NULL ? NULL : Py_BuildValue("(nO)", rows, left);
+    Py_XDECREF(left);
+    left = result;
     PyBuffer_Release(&x);
     PyBuffer_Release(&s);
     Py_DECREF(bodies);
@@ -610,9 +697,11 @@ layout_get_categories(Layout *self, void *closure)
 
 static PyMethodDef layout_methods[] = {
     {"read", (PyCFunction)(void (*)(void))layout_read, METH_FASTCALL,
-     "read(bodies, numbers, slots) -> indices of the bodies left for the Python path.\n\n"
-     "The bodies read fill rows 0, 1, ... of `numbers` (float64, rows x numeric\n"
-     "features) and `slots` (int64, rows x categorical features), in order."},
+     "read(bodies, numbers, slots) -> (rows, left): rows written, and the indices\n"
+     "of the bodies left for the Python path.\n\n"
+     "The records read fill rows 0, 1, ... of `numbers` (float64, rows x numeric\n"
+     "features) and `slots` (int64, rows x categorical features), in order; a body\n"
+     "whose records would not fit is left."},
     {NULL},
 };
 

@@ -665,7 +665,7 @@ class Monitor:
             numbers, slots = reader.empty()
             left = list(range(len(samples)))
         columns.append((reader.engine, numbers, slots))
-        self.counts.checked += len(numbers)
+        self.counts.checked += len(samples) - len(left)
         for i in left:
             self._count(self._plain_request(samples[i], requests))
 

@@ -182,8 +182,20 @@ BAD_BODIES = [
     b'{"x":1.5;"y":3,"z":2,"c":"a","d":"uv"}',
     b'{x:1.5,"y":3,"z":2,"c":"a","d":"uv"}',
     b"{'x':1.5,'y':3,'z':2,'c':'a','d':'uv'}",
-    b'[{"x":1.5,"y":3,"z":2,"c":"a","d":"uv"}]',
-    b'{"instances":[{"x":1.5,"y":3,"z":2,"c":"a","d":"uv"}]}',
+    b"[]",  # no rows: the Python path counts it
+    b'[{"x":1.5,"y":3,"z":2,"c":"a","d":"uv"},1]',
+    b'[{"x":1.5,"y":3,"z":2,"c":"a","d":"uv"},{"x":1.5,"y":3,"z":2,"c":"a"}]',
+    b'[{"x":1.5,"y":3,"z":2,"c":"a","d":"uv"},]',
+    b'[{"x":1.5,"y":3,"z":2,"c":"a","d":"uv"}',
+    b'[{"x":1.5,"y":3,"z":2,"c":"a","d":"uv"}]]',
+    b'[[1.5,3,2,"a","uv"]]',  # positional: named by the Python path
+    b'{"instances":[]}',
+    b'{"instances":{"x":1.5,"y":3,"z":2,"c":"a","d":"uv"}}',
+    b'{"instances":[{"x":1.5,"y":3,"z":2,"c":"a","d":"uv"}],"signature_name":"s"}',
+    b'{"signature_name":"s","instances":[{"x":1.5,"y":3,"z":2,"c":"a","d":"uv"}]}',
+    b'{"instances":[{"x":1.5,"y":3,"z":2,"c":"a","d":"uv"}]',
+    b'{"inputs":[{"x":1.5,"y":3,"z":2,"c":"a","d":"uv"}]}',  # MLflow: Python's
+    b"[" + b",".join([b'{"x":1.5,"y":3,"z":2,"c":"a","d":"uv"}'] * 65) + b"]",  # over 64
     b"{}",
     b"",
     b"   ",
@@ -202,6 +214,23 @@ def test_bodies_it_does_not_fully_understand_are_left_to_python(
 
 
 @compiled_only
+def test_lists_of_records_and_instances_are_read_row_by_row(baseline: Baseline) -> None:
+    reader = _reader(baseline)
+    rows = [_row(x=float(i), c="abc"[i % 3]) for i in range(64)]
+    bodies = [
+        orjson.dumps(rows[:3]),
+        orjson.dumps(rows[3]),
+        b' {\n "instances" : [ ' + b" , ".join(map(orjson.dumps, rows[4:6])) + b" ] } ",
+        orjson.dumps({"instances": rows}),  # 64 records: the most one body may hold
+    ]
+    numbers, slots, left = reader.read(bodies)
+    assert left == []
+    assert numbers[:, 0].tolist() == [row["x"] for row in rows[:6] + rows]
+    index = reader.engine.categories["c"].index
+    assert slots[:, 0].tolist() == [index[row["c"]] for row in rows[:6] + rows]
+
+
+@compiled_only
 def test_a_body_that_is_not_bytes_is_left_to_python(baseline: Baseline) -> None:
     body = orjson.dumps(_row())
     _, _, left = _reader(baseline).read([bytearray(body), memoryview(body), body])  # type: ignore[list-item]
@@ -211,7 +240,8 @@ def test_a_body_that_is_not_bytes_is_left_to_python(baseline: Baseline) -> None:
 @compiled_only
 def test_reading_keeps_no_reference_and_scales_past_one_chunk(baseline: Baseline) -> None:
     reader = _reader(baseline)
-    bodies = [orjson.dumps(_row(x=float(i))) for i in range(3 * records.CHUNK + 5)]
+    bodies = [orjson.dumps(_row(x=float(i))) for i in range(3 * records.CHUNK_BYTES // 50)]
+    assert sum(map(len, bodies)) > 2 * records.CHUNK_BYTES
     bodies[40] = b"{not json"
     before = [sys.getrefcount(b) for b in bodies]
     numbers, _, left = reader.read(bodies)
@@ -283,8 +313,9 @@ def test_the_layout_refuses_bad_arguments() -> None:
         layout.read(body, np.empty((1, 1)), np.empty((1, 1), dtype=np.int32))
     with pytest.raises(ValueError):  # not C-contiguous
         layout.read(body, np.empty((2, 2))[:, :1], np.empty((2, 1), dtype=np.int64))
-    with pytest.raises(ValueError, match="fewer matrix rows"):
-        layout.read(body * 2, np.empty((1, 1)), np.empty((1, 1), dtype=np.int64))
+    one = np.empty((1, 1)), np.empty((1, 1), dtype=np.int64)
+    assert layout.read(body * 2, *one) == (1, [1])  # no room for the second: left
+    assert layout.read([b'[{"a":1,"b":"x"},{"a":2,"b":"x"}]', body[0]], *one) == (1, [0])
     with pytest.raises(TypeError):
         layout.read(body, np.empty((1, 1)))
 
@@ -397,6 +428,9 @@ def test_mixed_traffic_is_counted_the_same_with_and_without_the_reader(
                 d=rng.choice(["uv", "wé", "x y", "new", ""]),
             )
             body = orjson.dumps(row)
+            if rng.random() < 0.2:
+                many = [row] * rng.randint(1, 70)
+                body = orjson.dumps(many if rng.random() < 0.5 else {"instances": many})
         samples.append(Sample([body], [b'{"predictions":[0.5]}'], 200, [], []))
     assert _both(baseline, samples, **options) >= 1800
 
