@@ -468,8 +468,20 @@ matrix(PyObject *obj, Py_buffer *view, const char *what, Py_ssize_t columns)
 static PyObject *
 layout_read(Layout *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "Layout.read(bodies, numbers, slots)");
+    Py_ssize_t start = 0, budget = -1;
+    if (nargs < 3 || nargs > 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "Layout.read(bodies, numbers, slots, start=0, budget=-1)");
+        return NULL;
+    }
+    if (nargs > 3 && ((start = PyLong_AsSsize_t(args[3])) == -1 && PyErr_Occurred())) {
+        return NULL;
+    }
+    if (nargs > 4 && ((budget = PyLong_AsSsize_t(args[4])) == -1 && PyErr_Occurred())) {
+        return NULL;
+    }
+    if (start < 0) {
+        PyErr_SetString(PyExc_ValueError, "Layout.read: start must be >= 0");
         return NULL;
     }
     if (!self->ready) {
@@ -493,11 +505,12 @@ layout_read(Layout *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *left = PyList_New(0);
     Py_ssize_t n = PySequence_Fast_GET_SIZE(bodies);
     Py_ssize_t capacity = x.shape[0] < s.shape[0] ? x.shape[0] : s.shape[0];
-    Py_ssize_t rows = 0;
-    for (Py_ssize_t i = 0; left != NULL && i < n; i++) {
+    Py_ssize_t rows = 0, spent = 0, i = start;
+    for (; left != NULL && i < n && (budget < 0 || i == start || spent < budget); i++) {
         PyObject *item = PySequence_Fast_GET_ITEM(bodies, i);
         int status = LEFT;
         if (PyBytes_CheckExact(item)) {
+            spent += PyBytes_GET_SIZE(item);
             /* Borrowed: reading runs no Python code that could drop it. */
             const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(item);
             status = read_body(self, p, p + PyBytes_GET_SIZE(item), (double *)x.buf,
@@ -514,7 +527,7 @@ layout_read(Layout *self, PyObject *const *args, Py_ssize_t nargs)
             Py_XDECREF(index);
         }
     }
-    PyObject *result = left == NULL ? NULL : Py_BuildValue("(nO)", rows, left);
+    PyObject *result = left == NULL ? NULL : Py_BuildValue("(nnO)", i, rows, left);
     Py_XDECREF(left);
     left = result;
     PyBuffer_Release(&x);
@@ -697,7 +710,9 @@ layout_get_categories(Layout *self, void *closure)
 
 static PyMethodDef layout_methods[] = {
     {"read", (PyCFunction)(void (*)(void))layout_read, METH_FASTCALL,
-     "read(bodies, numbers, slots) -> (rows, left): rows written, and the indices\n"
+     "read(bodies, numbers, slots, start=0, budget=-1) -> (stop, rows, left)\n\n"
+     "Reads bodies[start:stop], stopping once `budget` bytes were read (at least one\n"
+     "body; all with a negative budget). `rows`: rows written; `left`: the indices\n"
      "of the bodies left for the Python path.\n\n"
      "The records read fill rows 0, 1, ... of `numbers` (float64, rows x numeric\n"
      "features) and `slots` (int64, rows x categorical features), in order; a body\n"

@@ -73,14 +73,11 @@ class RecordReader:
         row = start = 0
         while start < n:
             pause()
-            stop, size = start + 1, len(bodies[start])
-            while stop < n and size + len(bodies[stop]) <= CHUNK_BYTES:
-                size += len(bodies[stop])
-                stop += 1
-            rows, skipped = self.layout.read(bodies[start:stop], numbers[row:], slots[row:])
+            start, rows, skipped = self.layout.read(
+                bodies, numbers[row:], slots[row:], start, CHUNK_BYTES
+            )
             row += rows
-            left += [start + i for i in skipped]
-            start = stop
+            left += skipped
         return numbers[:row], slots[:row], left
 
     def empty(self, rows: int = 0) -> tuple[FloatArray, IntArray]:

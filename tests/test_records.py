@@ -314,8 +314,14 @@ def test_the_layout_refuses_bad_arguments() -> None:
     with pytest.raises(ValueError):  # not C-contiguous
         layout.read(body, np.empty((2, 2))[:, :1], np.empty((2, 1), dtype=np.int64))
     one = np.empty((1, 1)), np.empty((1, 1), dtype=np.int64)
-    assert layout.read(body * 2, *one) == (1, [1])  # no room for the second: left
-    assert layout.read([b'[{"a":1,"b":"x"},{"a":2,"b":"x"}]', body[0]], *one) == (1, [0])
+    assert layout.read(body * 2, *one) == (2, 1, [1])  # no room for the second: left
+    assert layout.read([b'[{"a":1,"b":"x"},{"a":2,"b":"x"}]', body[0]], *one) == (2, 1, [0])
+    # From `start`, until `budget` bytes were read (at least one body).
+    assert layout.read(body * 5, *one, 3) == (5, 1, [4])
+    assert layout.read(body * 5, *one, 1, 1) == (2, 1, [])
+    assert layout.read(body * 5, *one, 1, len(body[0]) + 1) == (3, 1, [2])
+    with pytest.raises(ValueError, match="start"):
+        layout.read(body, *one, -1)
     with pytest.raises(TypeError):
         layout.read(body, np.empty((1, 1)))
 
