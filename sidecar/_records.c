@@ -392,7 +392,7 @@ instances(const unsigned char *p)
 {
     static const char key[] = "\"instances\"";
     p = skip_space(p + 1);
-    if (memcmp(p, key, sizeof(key) - 1) != 0) { /* stops at a NUL: it differs from key */
+    if (strncmp((const char *)p, key, sizeof(key) - 1) != 0) { /* stops at the NUL */
         return NULL;
     }
     p = skip_space(p + sizeof(key) - 1);
