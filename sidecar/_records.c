@@ -442,8 +442,9 @@ read_body(Layout *self, const unsigned char *p, const unsigned char *end, double
     return READ;
 }
 
+/* A writable, C-contiguous (rows x columns) buffer of float64 (`floats`) or int64. */
 static int
-matrix(PyObject *obj, Py_buffer *view, const char *what, Py_ssize_t columns)
+matrix(PyObject *obj, Py_buffer *view, const char *name, int floats, Py_ssize_t columns)
 {
     if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
         return -1;
@@ -453,12 +454,12 @@ matrix(PyObject *obj, Py_buffer *view, const char *what, Py_ssize_t columns)
         format++;
     }
     int ok = view->itemsize == 8 && view->ndim == 2 && view->shape[1] == columns
-             && (*what == 'd' ? strcmp(format, "d") == 0
-                              : strcmp(format, "q") == 0 || strcmp(format, "l") == 0);
+             && (floats ? strcmp(format, "d") == 0
+                        : strcmp(format, "q") == 0 || strcmp(format, "l") == 0);
     if (!ok) {
         PyErr_Format(PyExc_TypeError,
-                     "Layout.read: %s must be a C-contiguous %s array of %zd columns",
-                     what + 1, *what == 'd' ? "float64" : "int64", columns);
+                     "Layout.read: %s must be a C-contiguous %s array of %zd columns", name,
+                     floats ? "float64" : "int64", columns);
         PyBuffer_Release(view);
         return -1;
     }
@@ -493,11 +494,11 @@ layout_read(Layout *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Py_buffer x, s;
-    if (matrix(args[1], &x, "dnumbers", self->numbers) < 0) {
+    if (matrix(args[1], &x, "numbers", 1, self->numbers) < 0) {
         Py_DECREF(bodies);
         return NULL;
     }
-    if (matrix(args[2], &s, "qslots", self->categories) < 0) {
+    if (matrix(args[2], &s, "slots", 0, self->categories) < 0) {
         PyBuffer_Release(&x);
         Py_DECREF(bodies);
         return NULL;

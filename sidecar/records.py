@@ -37,7 +37,7 @@ class RecordReader:
     """Reads request bodies into `engine`'s columns."""
 
     def __init__(self, engine: Engine) -> None:
-        if _Layout is None or not engine.takes_columns:
+        if not self.takes(engine):
             raise ValueError("RecordReader: no compiled reader, or features it does not take")
         self.engine = engine
         features: list[tuple[str, dict[Any, int] | None, int]] = [
@@ -47,17 +47,18 @@ class RecordReader:
         self.layout = _Layout(features)
         self.shortest = sum(len(name.encode()) + 5 for name, _, _ in features) + 1
 
+    @staticmethod
+    def takes(engine: Engine) -> bool:
+        """Whether the reader was built and takes every feature of `engine`, and a body
+        holding exactly those is read by the Python path as that one record, not as an
+        envelope of another payload format."""
+        names = dict.fromkeys(engine.checkers)
+        return _Layout is not None and engine.takes_columns and is_plain_record(names)
+
     @classmethod
     def for_engine(cls, engine: Engine) -> RecordReader | None:
-        """A reader for `engine`, or None where the Python path must read every body.
-
-        Only where a body holding exactly the engine's features is read by the Python
-        path as that one record, not as an envelope of another payload format.
-        """
-        names = dict.fromkeys(engine.checkers)
-        if _Layout is None or not engine.takes_columns or not is_plain_record(names):
-            return None
-        return cls(engine)
+        """A reader for `engine`, or None where the Python path must read every body."""
+        return cls(engine) if cls.takes(engine) else None
 
     def read(
         self, bodies: Sequence[bytes], pause: Callable[[], None] = no_pause

@@ -351,7 +351,7 @@ def _both(baseline: Baseline, samples: list[Sample], **options: Any) -> int:
     def counted(*args: Any) -> Any:
         nonlocal bodies
         out = RecordReader.read(reader, *args)
-        bodies += len(out[0])
+        bodies += len(args[0]) - len(out[2])
         return out
 
     reader.read = counted  # type: ignore[method-assign]
