@@ -72,13 +72,9 @@ class Alternator:
         self.mark: tuple[float, int, float, float] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":  # the monitors start on their first sample
-            while True:
-                message = await receive()
-                kind = message["type"].replace("lifespan.", "")
-                await send({"type": f"lifespan.{kind}.complete"})
-                if kind == "shutdown":
-                    return
+        if scope["type"] == "lifespan":
+            await answer_lifespan(receive, send)
+            return
         if not self.started:
             self.started = True
             asyncio.get_running_loop().call_later(self.skip, self._mark)
@@ -100,6 +96,16 @@ class Alternator:
                 f.write(f"{self.current} " + " ".join(f"{d:.9g}" for d in deltas) + "\n")
         self.current = 1 - self.current
         asyncio.get_running_loop().call_later(self.skip, self._mark)
+
+
+async def answer_lifespan(receive: Receive, send: Send) -> None:
+    """Completes startup and shutdown: the monitors start on their first sample."""
+    while True:
+        message = await receive()
+        kind = message["type"].replace("lifespan.", "")
+        await send({"type": f"lifespan.{kind}.complete"})
+        if kind == "shutdown":
+            return
 
 
 def app_factory() -> ASGIApp:
@@ -208,24 +214,41 @@ def summary(values: list[float]) -> str:
     return f"{statistics.median(values):.3f}" + (f" ({interval})" if interval else "")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+def add_arguments(
+    parser: argparse.ArgumentParser, processes: int, duration: float, phase: float, skip: float
+) -> None:
+    """The options both A/B benches take (this one, and bench/latency_ab.py)."""
     parser.add_argument("--variants", default="noop,skew-0.1,skew-1.0")
-    parser.add_argument("--processes", type=int, default=3, help="server processes per variant")
-    parser.add_argument("--duration", type=float, default=60.0, help="measured seconds each")
+    parser.add_argument(
+        "--processes", type=int, default=processes, help="server processes per variant"
+    )
+    parser.add_argument("--duration", type=float, default=duration, help="measured seconds each")
     parser.add_argument("--warmup", type=float, default=4.0, help="seconds not measured")
-    parser.add_argument("--phase", type=float, default=2.0, help="seconds per phase")
-    parser.add_argument("--skip", type=float, default=1.0, help="seconds not counted per phase")
+    parser.add_argument("--phase", type=float, default=phase, help="seconds per phase")
+    parser.add_argument("--skip", type=float, default=skip, help="seconds not counted per phase")
     parser.add_argument("--connections", type=int, default=32)
-    args = parser.parse_args()
-    variants = args.variants.split(",")
+
+
+def checked_variants(args: argparse.Namespace) -> list[str]:
+    """The variants asked for; exits with the reason when the run cannot be made."""
+    variants: list[str] = args.variants.split(",")
     unknown = set(variants) - set(IN_PROCESS)
     if unknown:
         sys.exit(f"unknown variants {sorted(unknown)}; expected some of {IN_PROCESS}")
+    if not 0 <= args.skip < args.phase:
+        sys.exit(f"--skip must be in [0, phase), got {args.skip} with --phase {args.phase}")
     if shutil.which("wrk") is None:
         sys.exit("wrk is not on PATH. Install it with: apt-get update && apt-get install -y wrk")
     if (os.cpu_count() or 1) < 2:
         sys.exit("needs 2 cores: the server on core 0, the load generator on core 1")
+    return variants
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    add_arguments(parser, processes=3, duration=60.0, phase=2.0, skip=1.0)
+    args = parser.parse_args()
+    variants = checked_variants(args)
     os.sched_setaffinity(0, {1})
     body = sl.request_body()
     results: dict[str, list[list[Pair]]] = {v: [] for v in variants}

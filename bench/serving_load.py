@@ -83,7 +83,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypedDict, TypeVar
+from typing import Any, TypeAlias, TypedDict, TypeVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -712,23 +712,39 @@ class OpenRun:
     other: tuple[float, float] = (0.0, 0.0)  # other processes' share of cores 0 and 1
 
 
-async def _open_loop(
-    port: int, body: bytes, rate: float, duration: float, connections: int, warmup: float
-) -> OpenRun:
+RequestFor: TypeAlias = Callable[[float], bytes]  # the request to send, by schedule time
+
+
+@dataclass
+class Schedule:
+    """What an open-loop run recorded for each request completed with a 200: when it was
+    scheduled (perf_counter seconds) and its latency, less the generator's lateness."""
+
+    start: float  # the first recorded send
+    end: float  # the schedule's end
+    scheduled: list[float]
+    latencies: list[float]
+    lag_p99_ms: float  # the generator's own lateness, subtracted from each latency
+    missing: int  # scheduled but not completed (errors, or not done in time)
+    last_done: float
+
+
+async def on_schedule(
+    port: int, request_for: RequestFor, rate: float, duration: float, connections: int,
+    warmup: float,
+) -> Schedule:  # fmt: skip
     """wrk2's model: each connection sends on its own schedule of rate/connections a
     second, so a slow response delays the next sends and the wait counts as latency.
+    `request_for(seconds after the recorded start)` is the request to send then.
 
     Latency runs from the scheduled send time, less the generator's own lateness in
     sending on a free connection (asyncio timers fire up to ~1 ms late): that part is
     the client's, not the server's. Requests scheduled in the first `warmup` seconds
     are not recorded: the steady state, not the start of traffic after an idle server.
     """
-    request = (
-        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
     streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(connections)]
     clock = time.perf_counter
+    scheduled_at: list[float] = []
     latencies: list[float] = []
     lags: list[float] = []
     start = clock() + 0.1
@@ -747,12 +763,13 @@ async def _open_loop(
                 if delay > 0:
                     await asyncio.sleep(delay)
                 lag = clock() - max(scheduled, free)
-                writer.write(request)
+                writer.write(request_for(scheduled - recorded))
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
                 await reader.readexactly(int(length.group(1)) if length else 0)
                 free = last_done = clock()
                 if scheduled >= recorded and head.startswith(b"HTTP/1.1 200"):
+                    scheduled_at.append(scheduled)
                     latencies.append(free - scheduled - lag)
                     lags.append(lag)
                 scheduled += interval
@@ -772,15 +789,35 @@ async def _open_loop(
         while scheduled < end:
             expected += scheduled >= recorded
             scheduled += interval
-    ms = sorted(x * 1e3 for x in latencies) or [math.nan]
     lag_ms = sorted(x * 1e3 for x in lags) or [math.nan]
+    return Schedule(
+        start=recorded,
+        end=end,
+        scheduled=scheduled_at,
+        latencies=latencies,
+        lag_p99_ms=lag_ms[int(len(lag_ms) * 0.99)],
+        missing=max(0, expected - len(latencies)),
+        last_done=last_done,
+    )
+
+
+async def _open_loop(
+    port: int, body: bytes, rate: float, duration: float, connections: int, warmup: float
+) -> OpenRun:
+    """One request body at a fixed rate (`on_schedule`), summed up."""
+    request = (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    run = await on_schedule(port, lambda _: request, rate, duration, connections, warmup)
+    ms = sorted(x * 1e3 for x in run.latencies) or [math.nan]
     return OpenRun(
-        achieved=len(latencies) / max(duration, last_done - recorded),
+        achieved=len(run.latencies) / max(duration, run.last_done - run.start),
         p50_ms=ms[len(ms) // 2],
         p99_ms=ms[int(len(ms) * 0.99)],
         p999_ms=ms[int(len(ms) * 0.999)],
-        lag_p99_ms=lag_ms[int(len(lag_ms) * 0.99)],
-        missing=max(0, expected - len(latencies)),
+        lag_p99_ms=run.lag_p99_ms,
+        missing=run.missing,
     )
 
 

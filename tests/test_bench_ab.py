@@ -4,33 +4,19 @@ with the A phases on either side."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+from tests.bench_modules import bench_modules
 
 
 @pytest.fixture(scope="module")
-def ab() -> Any:
-    sys.path.insert(0, str(BENCH))
-    try:
-        modules = {}
-        for name in ("serving_load", "serving_ab"):
-            spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-            assert spec is not None and spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module  # dataclasses and imports look themselves up there
-            spec.loader.exec_module(module)
-            modules[name] = module
+def ab() -> Iterator[Any]:
+    with bench_modules("serving_load", "serving_ab") as modules:
         yield modules["serving_ab"]
-    finally:
-        sys.modules.pop("serving_ab", None)
-        sys.modules.pop("serving_load", None)
-        sys.path.remove(str(BENCH))
 
 
 def phase(ab: Any, app: int, rps: float, cpu_us: float, off_loop_us: float = 0.0) -> Any:

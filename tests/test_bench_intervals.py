@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 from scipy import stats
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+from tests.bench_modules import bench_modules
 
 
 @pytest.fixture(scope="module")
-def serving_load():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("serving_load", BENCH / "serving_load.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["serving_load"] = module  # its dataclasses look themselves up there
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop("serving_load", None)
-        sys.path.remove(str(BENCH))
+def serving_load() -> Iterator[Any]:
+    with bench_modules("serving_load") as modules:
+        yield modules["serving_load"]
 
 
 @pytest.mark.parametrize("n", [6, 7, 10, 20, 31, 60])
