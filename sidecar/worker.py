@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
 
+import numpy as np
 import orjson
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -39,7 +40,10 @@ from .sampling import Sampler
 logger = logging.getLogger("sidecar")
 
 Extractor = Callable[[Any], Sequence[Any]]
-Columns = tuple[Engine, FloatArray, IntArray]  # requests read by a RecordReader
+# Rows already in columns (Engine.check_columns): requests read by a RecordReader, and
+# plain numeric predictions.
+Columns = tuple[Engine, FloatArray, IntArray]
+EXACT = 2**53  # ints up to this size are exact as doubles
 Headers = Iterable[tuple[bytes, bytes]]
 
 
@@ -209,10 +213,14 @@ def content_encoding(headers: Headers) -> str:
 
 
 def _identity(headers: Headers) -> bool:
-    """Whether a body is sent as it is (no Content-Encoding): the worker's fast path.
-    Headers it cannot read take the slow path, which counts them."""
+    """Whether a body is sent as it is (no Content-Encoding, or an empty one): the
+    worker's fast path, twice per sample, so `content_encoding` inlined. Headers it
+    cannot read take the slow path, which counts them."""
     try:
-        return not content_encoding(headers)
+        for key, value in headers:
+            if len(key) == 16 and key.lower() == b"content-encoding":
+                return not bytes(value)
+        return True
     except Exception:
         return False
 
@@ -374,6 +382,11 @@ class Monitor:
         # Unnamed outputs (a bare list of scores) take the one prediction column's name.
         outputs = list(self.responses.checkers)
         self.output_name = outputs[0] if len(outputs) == 1 else "prediction"
+        # The usual response, `{"predictions": [x]}` with x a number, goes into a column
+        # when the one output is numeric: no row dict, and no per-row work in the check.
+        self._prediction_column = self.responses.takes_columns and list(self.responses.numbers) == [
+            self.output_name
+        ]
         # Positional payloads (lists without names) take the baseline's input order.
         self.input_names = list(self.requests.checkers)
         options = self._evidence_options
@@ -620,6 +633,8 @@ class Monitor:
         name = self.output_name
         tick = self.pacer.tick
         unread: list[Sample] = []  # plain requests, for the reader
+        column = self._prediction_column
+        predictions: list[float] = []  # plain numeric predictions, for that column
         for _ in range(n):
             tick()
             sample = queue.popleft()
@@ -641,13 +656,23 @@ class Monitor:
                     except Exception:
                         pass  # parsed again below, failures counted there
                 if is_plain_prediction(out):
-                    responses.append({name: out["predictions"][0]})
+                    value = out["predictions"][0]
+                    # orjson's floats are finite; ints beyond 2**53 would round.
+                    if column and (
+                        type(value) is float or (type(value) is int and -EXACT <= value <= EXACT)
+                    ):
+                        predictions.append(value)
+                    else:
+                        responses.append({name: value})
                 elif out is not None:
                     self._output_rows(out, responses)
                 else:
                     self._response_rows(sample, responses)
         if reader is not None and unread:
             self._read(reader, unread, requests, columns)
+        if predictions:
+            numbers = np.array(predictions, dtype=np.float64).reshape(-1, 1)
+            columns.append((self.responses, numbers, np.empty((len(numbers), 0), np.int64)))
 
     def _read(
         self,

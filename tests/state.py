@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -28,3 +29,14 @@ def monitor_state(monitor: Monitor) -> dict[str, Any]:
                         value.tolist() if isinstance(value, np.ndarray) else value
                     )
     return out
+
+
+def assert_same_state(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Two `monitor_state`s hold the same counts; sums of floats may differ in the last
+    bits (rows in columns and rows as dicts are added up in other groupings)."""
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], float):
+            assert math.isclose(a[key], b[key], rel_tol=1e-9, abs_tol=1e-9), key
+        else:
+            assert a[key] == b[key], key

@@ -25,7 +25,7 @@ from sidecar.profile import ProfileOptions
 from sidecar.records import RecordReader
 from sidecar.worker import Monitor, Sample, parse_json
 from tests.hostile import corpus
-from tests.state import monitor_state
+from tests.state import assert_same_state, monitor_state
 
 compiled_only = pytest.mark.skipif(
     not records.COMPILED, reason="the compiled reader is not built here"
@@ -329,15 +329,6 @@ def test_the_layout_refuses_bad_arguments() -> None:
 # -- the worker counts the same with and without the reader ------------------------------
 
 
-def _assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        if isinstance(a[key], float):  # sums: added in another order
-            assert math.isclose(a[key], b[key], rel_tol=1e-9, abs_tol=1e-9), key
-        else:
-            assert a[key] == b[key], key
-
-
 def _both(baseline: Baseline, samples: list[Sample], **options: Any) -> int:
     """Counts of `samples` with and without the reader are the same; returns how many
     bodies the reader read."""
@@ -359,7 +350,7 @@ def _both(baseline: Baseline, samples: list[Sample], **options: Any) -> int:
         for sample in samples:
             monitor.submit(sample)
         assert monitor.process_pending() == len(samples)
-    _assert_same(monitor_state(read), monitor_state(python))
+    assert_same_state(monitor_state(read), monitor_state(python))
     return bodies
 
 

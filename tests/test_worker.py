@@ -15,7 +15,7 @@ from sidecar import Baseline, worker
 from sidecar.profile import ProfileOptions
 from sidecar.worker import Monitor, Sample
 from tests.hostile import corpus
-from tests.state import monitor_state
+from tests.state import assert_same_state, monitor_state
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def _same(baseline: Baseline, samples: list[Sample]) -> None:
         for sample in samples:
             monitor.submit(sample)
         assert monitor.process_pending() == len(samples)
-    assert monitor_state(fast) == monitor_state(slow)
+    assert_same_state(monitor_state(fast), monitor_state(slow))
 
 
 _scalar = (
@@ -109,6 +109,24 @@ def _samples(draw: st.DrawFn) -> Sample:
     return Sample(request, response, status, headers, response_headers)
 
 
+_header_key = st.sampled_from(
+    [b"content-encoding", b"Content-Encoding", b"CONTENT-ENCODING", b"content-type", b"x" * 16]
+)
+_header_value = st.sampled_from([b"", b"gzip", b"identity", bytearray(b"br"), "gzip", 3, 0, None])
+_header = st.tuples(_header_key, _header_value) | st.sampled_from([(b"content-encoding",), 5])
+
+
+@given(st.lists(_header, max_size=4))
+def test_the_fast_identity_check_agrees_with_content_encoding(headers: list[Any]) -> None:
+    """`_identity` is `not content_encoding(headers)` inlined, and False where that
+    raises (the slow path counts those headers)."""
+    try:
+        expected = not worker.content_encoding(headers)
+    except Exception:
+        expected = False
+    assert worker._identity(headers) is expected
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(_samples(), max_size=12))
 def test_the_batch_fast_path_counts_exactly_what_the_per_sample_path_counts(
@@ -123,6 +141,36 @@ def test_the_usual_exchange_takes_the_fast_path_and_counts_the_same(baseline: Ba
         Sample([orjson.dumps(row)], [b'{"predictions":[0.5]}'], 200, [], []) for _ in range(5)
     ]
     _same(baseline, samples)
+
+
+def test_numeric_predictions_are_counted_in_a_column_as_the_rows_would_be(
+    baseline: Baseline,
+) -> None:
+    row = orjson.dumps({"x": 3.0, "y": 2, "c": "a", "d": "u", "v": [1.0, 2.0]})
+    predictions = [0.5, 3, -7, 2**53, 2**53 + 1, 2**60, 1e300, True, "x", None, [0.1], 0.25]
+    samples = [
+        Sample([row], [orjson.dumps({"predictions": [p]})], 200, [], []) for p in predictions
+    ]
+    _same(baseline, samples)
+    monitor = Monitor(baseline, registry=None, queue_size=100)
+    assert monitor._prediction_column
+    columns: list[Any] = []
+    responses: list[Any] = []
+    for sample in samples:
+        monitor.submit(sample)
+    monitor._extract_batch(len(samples), [], responses, columns)
+    # The numbers exact as doubles went into the column; the rest are rows, as before.
+    engine, numbers, slots = columns[-1]
+    assert engine is monitor.responses
+    assert numbers[:, 0].tolist() == [0.5, 3.0, -7.0, 2.0**53, 1e300, 0.25]
+    assert slots.shape == (6, 0)
+    assert responses == [{"score": p} for p in (2**53 + 1, 2**60, True, "x", None, [0.1])]
+
+
+def test_string_predictions_keep_the_row_path() -> None:
+    rows = [{"x": float(i), "label": "ab"[i % 2]} for i in range(100)]
+    baseline = Baseline.from_records(rows, ProfileOptions(prediction=frozenset({"label"})))
+    assert not Monitor(baseline, registry=None)._prediction_column
 
 
 def test_the_hostile_corpus_is_counted_the_same_on_both_paths(baseline: Baseline) -> None:
