@@ -18,14 +18,13 @@ per-request coin flips would give.
 
 from __future__ import annotations
 
-import math
-import random
 import time
 from collections.abc import Callable
 
 import numpy as np
 
 NEVER = 1 << 62  # the gap for sample_rate 0: no request is ever sampled
+GAPS_AHEAD = 64  # geometric gaps drawn in one numpy call
 ESTIMATE_SECONDS = 1.0  # how often the thinning is re-estimated
 OVERLOAD_ESTIMATE_SECONDS = 0.1  # sooner when the bucket refuses: traffic rose
 
@@ -40,12 +39,16 @@ class TokenBucket:
         self.last = clock()
 
     def take(self, now: float | None = None) -> bool:
-        now = self.clock() if now is None else now
-        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+        if now is None:
+            now = self.clock()
+        tokens = self.tokens + (now - self.last) * self.rate
+        if tokens > self.capacity:  # not min(): this runs once per sample
+            tokens = self.capacity
         self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
             return True
+        self.tokens = tokens
         return False
 
 
@@ -67,14 +70,17 @@ class Sampler:
         self.rate = rate
         self.max_per_second = max_per_second
         self.clock = clock
-        self._random = random.Random(seed).random
-        self._binomial = np.random.default_rng(seed).binomial
+        rng = np.random.default_rng(seed)
+        self._geometric = rng.geometric
+        self._binomial = rng.binomial
         self.thinning = 1.0  # the share of selected requests the cap lets through
         self.rate_limited = 0
         self._drawn = 0  # requests covered by the gaps drawn so far
         self._bucket = TokenBucket(max_per_second, clock)
         self._estimated_at = clock()
         self._requests_at_estimate = 0
+        self._p = rate  # the gaps' law: a request is selected with probability p
+        self._gaps: list[int] = []  # gaps drawn ahead for p, taken from the end
         self.countdown = self._draw()
 
     @property
@@ -118,16 +124,31 @@ class Sampler:
         selected = self.rate * (seen - self._requests_at_estimate) / (now - self._estimated_at)
         self.thinning = min(1.0, self.max_per_second / selected) if selected > 0 else 1.0
         self._estimated_at, self._requests_at_estimate = now, seen
+        self._set_probability()
+
+    def _set_probability(self) -> None:
+        """The gaps' law for the current rate and thinning; gaps drawn ahead for another
+        law are dropped."""
+        p = self.rate * self.thinning
+        if p != self._p:
+            self._p = p
+            self._gaps = []
 
     def _draw(self) -> int:
-        p = self.rate * self.thinning
-        if p >= 1.0:
-            gap = 1
-        elif p <= 0.0:
-            gap = NEVER
-        else:
-            # Inverse CDF of the geometric law on 1, 2, ...; 1 - U is in (0, 1].
-            gap = 1 + int(math.log(1.0 - self._random()) / math.log1p(-p))
+        gaps = self._gaps
+        gap = gaps.pop() if gaps else self._draw_ahead()
         self._gap = gap
         self._drawn += gap
+        return gap
+
+    def _draw_ahead(self) -> int:
+        """The next gap, and GAPS_AHEAD more for later: one numpy call per batch of
+        samples instead of a random number, a log and a division in Python per sample.
+        Beyond 2**63 (p below about 1e-18) numpy gives 2**63 - 1: never, in effect."""
+        p = self._p
+        if p <= 0.0:
+            return NEVER
+        gaps = [1] * GAPS_AHEAD if p >= 1.0 else self._geometric(p, GAPS_AHEAD).tolist()
+        gap: int = gaps.pop()
+        self._gaps = gaps
         return gap

@@ -98,6 +98,29 @@ def test_after_traffic_drops_the_cap_stops_thinning() -> None:
     assert offer(sampler, 100, clock, per_second=50) == 100
 
 
+def test_the_gaps_follow_a_new_thinning_at_once_not_after_those_drawn_ahead() -> None:
+    """Gaps are drawn 64 at a time; when the cap starts thinning, those drawn for the
+    old law (every request, here) are dropped."""
+    clock = Clock()
+    sampler = Sampler(1.0, 100.0, clock=clock, seed=3)
+
+    def take_calls(n: int) -> int:
+        calls = 0
+        for _ in range(n):
+            clock.now += 0.001  # 1,000 requests a second: ten times the cap
+            sampler.countdown -= 1
+            if sampler.countdown <= 0:
+                calls += 1
+                sampler.take()
+        return calls
+
+    while sampler.thinning == 1.0:  # every request, until the bucket runs dry
+        assert take_calls(1) == 1
+    assert sampler.thinning == pytest.approx(0.1, rel=0.2)
+    # About a tenth of the next requests, from the first.
+    assert take_calls(30) <= 10
+
+
 @pytest.mark.parametrize(("rate", "cap"), [(-0.1, 10.0), (1.5, 10.0), (0.5, 0.0), (0.5, -1.0)])
 def test_bad_settings_are_rejected_naming_the_option(rate: float, cap: float) -> None:
     with pytest.raises(ValueError, match="sample_rate|max_samples_per_second"):
