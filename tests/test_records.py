@@ -479,3 +479,24 @@ def test_a_failing_reader_is_counted_and_python_reads_its_bodies(baseline: Basel
     assert monitor.counts.errors == {"extract": 1}
     assert monitor.counts.checked == 50
     assert monitor.requests.window.features["x"].values == 50
+
+
+@compiled_only
+def test_with_a_reader_the_worker_offers_the_gil_every_eight_usual_samples(
+    baseline: Baseline,
+) -> None:
+    """Bodies the reader takes cost a couple of µs each before the bulk read: one look at
+    the clock per eight. One the Python path parses (here invalid JSON) gets its own."""
+    offers: list[float] = []
+    monitor = Monitor(baseline, registry=None, gil_slice_seconds=0.0)
+    monitor.pacer.sleep = offers.append
+    for _ in range(256):
+        monitor.submit(Sample([orjson.dumps(_row())]))
+    monitor._extract_batch(256, [], [], [])
+    # The loop's ticks, and the reader's per chunk of bodies.
+    assert 256 // 8 <= len(offers) < 256 // 2
+    offers.clear()
+    for _ in range(16):
+        monitor.submit(Sample([b"{not json"]))
+    monitor._extract_batch(16, [], [], [])
+    assert len(offers) >= 16
