@@ -384,9 +384,12 @@ class Monitor:
         self.output_name = outputs[0] if len(outputs) == 1 else "prediction"
         # The usual response, `{"predictions": [x]}` with x a number, goes into a column
         # when the one output is numeric: no row dict, and no per-row work in the check.
-        self._prediction_column = self.responses.takes_columns and list(self.responses.numbers) == [
-            self.output_name
-        ]
+        # With a second output, each such row lacks it: the row path counts that.
+        self._prediction_column = (
+            len(outputs) == 1
+            and self.responses.takes_columns
+            and list(self.responses.numbers) == outputs
+        )
         # Positional payloads (lists without names) take the baseline's input order.
         self.input_names = list(self.requests.checkers)
         options = self._evidence_options

@@ -173,6 +173,17 @@ def test_string_predictions_keep_the_row_path() -> None:
     assert not Monitor(baseline, registry=None)._prediction_column
 
 
+def test_a_numeric_prediction_beside_a_second_output_keeps_the_row_path() -> None:
+    """With two outputs, `{"predictions": [x]}` names only the first: the other is
+    missing from every row, which the column (one output per row) cannot count."""
+    rows = [{"x": float(i), "prediction": i / 100, "label": "ab"[i % 2]} for i in range(100)]
+    options = ProfileOptions(prediction=frozenset({"prediction", "label"}))
+    baseline = Baseline.from_records(rows, options)
+    assert not Monitor(baseline, registry=None)._prediction_column
+    samples = [Sample([b'{"x": 1.5}'], [b'{"predictions":[0.5]}'], 200, [], []) for _ in range(4)]
+    _same(baseline, samples)
+
+
 def test_the_hostile_corpus_is_counted_the_same_on_both_paths(baseline: Baseline) -> None:
     samples = [
         Sample(list(body.chunks), [b'{"predictions":[0.1]}'], 200, body.headers, [])
