@@ -35,7 +35,7 @@ from prometheus_client import (
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from sidecar import Baseline, metrics_app, multiprocess_registry
+from sidecar import Baseline, metrics_app, multiprocess_registry, multiprocess_text
 from sidecar.metrics import exposition
 from sidecar.multiprocess import ENV, Mirror, MirrorMetrics
 from sidecar.multiprocess_text import FileText, Unsupported
@@ -329,3 +329,27 @@ def _metric(what: str) -> Any:
     if what == "summary":
         return Summary("r_summary", "R.", ["l"], registry=None)
     return Gauge(f"r_{what}", "R.", ["l"], multiprocess_mode=what, registry=None)
+
+
+def test_a_file_torn_by_its_writer_is_read_again(tmp_path: Path) -> None:
+    """A scrape may copy a page while a process writes a new entry into it: the used
+    size already counts the entry, its key is only partly there. Read again."""
+    written = MmapedDict(str(tmp_path / "counter_1.db"))
+    written.write_value(mmap_key("c_total", "c_total", ["l"], ["abc"], "C."), 3.0, 0.0)
+    written.close()
+    expected = FileText(str(tmp_path)).text()
+    assert 'c_total{l="abc"} 3.0' in expected
+    real = multiprocess_text._read
+    reads: list[str] = []
+
+    def torn_once(path: str) -> tuple[bytes, int]:
+        data, used = real(path)
+        reads.append(path)
+        if len(reads) == 1:  # as seen under load: a byte of another key, then zeros
+            at = data.index(b'"abc"') + 1
+            data = data[:at] + b"\xf0\0\0" + data[at + 3 :]
+        return data, used
+
+    with mock.patch.object(multiprocess_text, "_read", torn_once):
+        assert FileText(str(tmp_path)).text() == expected
+    assert len(reads) == 2
