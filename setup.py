@@ -7,5 +7,6 @@ setup(
     ext_modules=[
         Extension("sidecar._gate", ["sidecar/_gate.c"], optional=True),
         Extension("sidecar._records", ["sidecar/_records.c"], optional=True),
+        Extension("sidecar._tap", ["sidecar/_tap.c"], optional=True),
     ]
 )

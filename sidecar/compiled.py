@@ -1,4 +1,4 @@
-"""The optional compiled parts (sidecar/_gate.c, sidecar/_records.c): each is used where
+"""The optional compiled parts (sidecar/_gate.c, _records.c, _tap.c): each is used where
 the install could build it, else the same work runs in Python.
 
 `SKEW_SIDECAR_PURE_PYTHON=1` in the environment selects Python even where they were

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .admin import protected
 from .baseline import Baseline, BaselineError
+from .compiled import compiled
 from .debug import debug_app
 from .evidence import EvidenceOptions
 from .gate import Gate
@@ -231,11 +232,19 @@ class SkewMiddleware(Gate):
         self, target: _Target, scope: Scope, receive: Receive, send: Send
     ) -> Awaitable[None]:
         """The sampler's countdown ran out: tap this request unless the cap refuses."""
-        if not self._take(target):
+        tap = None
+        try:
+            if target.sampler.take():
+                monitor = target.monitor
+                if not monitor.started:
+                    monitor.start()  # mounted sub-apps never see lifespan events
+                tap = Tap(
+                    monitor, target.sample_responses, self.max_body_bytes, scope, receive, send
+                )
+        except Exception:
+            target.monitor._error("worker")
+        if tap is None:
             return self.app(scope, receive, send)
-        tap = _Tap(
-            target.monitor, target.sample_responses, self.max_body_bytes, scope, receive, send
-        )
         if target.sample_responses:
             return self.app(scope, tap.receive, tap.send)
         # Nothing to read in the response: the request is submitted once its body is
@@ -265,18 +274,6 @@ class SkewMiddleware(Gate):
         if len(self._routed) < ROUTE_CACHE_SIZE:
             self._routed[path] = target
         return target
-
-    def _take(self, target: _Target) -> bool:
-        """The sampler's countdown ran out: sample this request unless the cap refuses."""
-        try:
-            if not target.sampler.take():
-                return False
-            if not target.monitor.started:
-                target.monitor.start()  # mounted sub-apps never see lifespan events
-            return True
-        except Exception:
-            target.monitor._error("worker")
-            return False
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Start the workers once the app's startup completed; stop them (flushing the
@@ -352,7 +349,8 @@ class _Tap:
     """Per-request state: references to body chunks and header lists, never copies.
 
     `receive` and `send` are bound methods of this object, not closures: one
-    allocation per sampled request instead of three.
+    allocation per sampled request instead of three. sidecar/_tap.c is the same
+    class compiled (`Tap` below), used where it was built.
     """
 
     __slots__ = (
@@ -461,3 +459,16 @@ class _Tap:
                 Sample(self.request, response, self.status, self.headers, self.response_headers),
                 size,
             )
+
+
+def _compiled_tap() -> Any:
+    """sidecar._tap.Tap, told which Sample class to submit, or None."""
+    tap = compiled("_tap", "Tap")
+    if tap is not None:
+        compiled("_tap", "use_sample")(Sample)
+    return tap
+
+
+# The compiled tap where it was built: the same looking, without a Python frame per
+# message (a sampled request cost 23,000 instructions more than an unsampled one).
+Tap: Any = _compiled_tap() or _Tap

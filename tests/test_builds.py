@@ -37,12 +37,24 @@ import pytest
 from tests.tools import required
 
 REPO = Path(__file__).resolve().parent.parent
-EXTENSIONS = ("_gate", "_records")
+EXTENSIONS = ("_gate", "_records", "_tap")
 VERSIONS = ("3.10", "3.13")
-VERSION_TESTS = ("test_gate.py", "test_records.py", "test_middleware.py", "test_worker.py")
+VERSION_TESTS = (
+    "test_gate.py",
+    "test_records.py",
+    "test_middleware.py",
+    "test_tap_awaiting.py",
+    "test_worker.py",
+)
 # What those tests import beyond the package and its `serve` extra.
 TEST_REQUIREMENTS = ("pytest>=8", "hypothesis>=6.100", "fastapi>=0.115", "httpx>=0.27")
-SANITIZED_TESTS = ("test_gate.py", "test_records.py", "test_middleware.py", "test_hostile.py")
+SANITIZED_TESTS = (
+    "test_gate.py",
+    "test_records.py",
+    "test_middleware.py",
+    "test_hostile.py",
+    "test_tap_awaiting.py",
+)
 # Runs the middleware tests again in pure Python: nothing compiled to sanitize.
 NOT_SANITIZED = "not test_the_python_gate_passes_the_middleware_tests"
 SANITIZE = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all")

@@ -263,7 +263,12 @@ def test_the_middleware_adds_no_coroutine_of_its_own_to_a_request(baseline: Base
 def test_the_python_gate_passes_the_middleware_tests() -> None:
     """The fallback where no compiler was found runs the tap's own tests too."""
     env = {**os.environ, PURE_PYTHON_ENV: "1"}
-    files = ["tests/test_gate.py", "tests/test_middleware.py", "tests/test_hostile.py"]
+    files = [
+        "tests/test_gate.py",
+        "tests/test_middleware.py",
+        "tests/test_hostile.py",
+        "tests/test_tap_awaiting.py",
+    ]
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
         cwd=ROOT,

@@ -1,0 +1,849 @@
+/* A sampled request's tap, compiled: what sidecar.middleware._Tap does, without a
+ * Python frame per message.
+ *
+ * `Tap.receive()` returns an awaitable that calls the server's `receive()` when first
+ * awaited, passes everything through (values it yields, values sent or thrown in,
+ * close) and looks at the message it returns; once the request body is complete it
+ * returns the server's own awaitable untouched. `Tap.send(message)` looks at the
+ * message and returns the server's `send(message)`. When the exchange ends, the
+ * sample (references to the body chunks and header lists) goes to `monitor.submit`,
+ * or a drop is counted, exactly as the Python class does. A failure while looking is
+ * counted through `monitor._error("worker")` and never reaches the app; what the
+ * server's own receive or send raise reaches the app unchanged.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#define FEW_CHUNKS 8 /* bodies of more chunks go to a list (appends stay linear) */
+
+static PyObject *s_type, *s_body, *s_more_body, *s_status, *s_headers, *s_http_request,
+    *s_http_disconnect, *s_response_body, *s_response_start, *s_request, *s_response,
+    *s_response_headers, *s_size, *s_submit, *s_error, *s_worker, *s_counts, *s_dropped,
+    *s_too_large, *s_body_incomplete, *s_empty_body, *s_get, *s_throw, *s_close,
+    *empty_bytes, *empty_tuple, *one;
+static PyObject *sample_type; /* sidecar.worker.Sample, set by `use_sample` */
+static PyTypeObject *TapType, *ReceivingType;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *monitor;
+    PyObject *receive; /* the server's */
+    PyObject *send;    /* the server's */
+    PyObject *headers; /* scope["headers"] */
+    PyObject *request; /* body chunks: a tuple while few, then a list */
+    PyObject *response;
+    PyObject *response_headers;
+    PyObject *status;
+    Py_ssize_t limit, request_size, response_size;
+    char responses, request_done, overflow, finished;
+} Tap;
+
+/* The awaitable `Tap.receive()` returns while the request body is incomplete. */
+typedef struct {
+    PyObject_HEAD
+    Tap *tap;
+    PyObject *iter; /* the server's receive() as an iterator; NULL until first awaited */
+} Receiving;
+
+/* -- counting failures ----------------------------------------------------------- */
+
+/* The exception set now, counted as the Python tap counts it (monitor._error, which
+ * logs it once with its traceback); cleared. Only Exception: anything else (a
+ * KeyboardInterrupt) is left set, as the Python tap's `except Exception` leaves it. */
+static int
+counted(Tap *self)
+{
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+        return -1;
+    }
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (traceback != NULL && value != NULL) {
+        PyException_SetTraceback(value, traceback);
+    }
+    /* The handled exception while `_error` runs, for its logger.exception. */
+    PyObject *old_type, *old_value, *old_traceback;
+    PyErr_GetExcInfo(&old_type, &old_value, &old_traceback);
+    PyErr_SetExcInfo(type, value, traceback);
+    PyObject *done = PyObject_CallMethodOneArg(self->monitor, s_error, s_worker);
+    if (done == NULL) {
+        PyErr_Clear(); /* the monitor's own failure: nothing more to do */
+    }
+    Py_XDECREF(done);
+    PyErr_SetExcInfo(old_type, old_value, old_traceback);
+    return 0;
+}
+
+/* -- looking at messages ---------------------------------------------------------- */
+
+/* message[key] (fallback NULL) or message.get(key, fallback): a new reference, or
+ * NULL with an exception set. */
+static PyObject *
+lookup(PyObject *message, PyObject *key, PyObject *fallback)
+{
+    if (PyDict_CheckExact(message)) {
+        PyObject *value = PyDict_GetItemWithError(message, key);
+        if (value != NULL) {
+            return Py_NewRef(value);
+        }
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        if (fallback != NULL) {
+            return Py_NewRef(fallback);
+        }
+        PyErr_SetObject(PyExc_KeyError, key);
+        return NULL;
+    }
+    if (fallback == NULL) {
+        return PyObject_GetItem(message, key);
+    }
+    PyObject *args[3] = {message, key, fallback};
+    return PyObject_VectorcallMethod(s_get, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* `kind == name`, as Python compares (the same interned string, usually). */
+static int
+is(PyObject *kind, PyObject *name)
+{
+    return kind == name ? 1 : PyObject_RichCompareBool(kind, name, Py_EQ);
+}
+
+/* `chunks` with `body` after them: a new tuple while few, else a list (appended to). */
+static int
+keep(PyObject **chunks, PyObject *body)
+{
+    PyObject *old = *chunks;
+    if (PyTuple_CheckExact(old)) {
+        Py_ssize_t n = PyTuple_GET_SIZE(old);
+        PyObject *grown = n < FEW_CHUNKS ? PyTuple_New(n + 1) : PyList_New(n + 1);
+        if (grown == NULL) {
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *item = Py_NewRef(PyTuple_GET_ITEM(old, i));
+            if (n < FEW_CHUNKS) {
+                PyTuple_SET_ITEM(grown, i, item);
+            }
+            else {
+                PyList_SET_ITEM(grown, i, item);
+            }
+        }
+        if (n < FEW_CHUNKS) {
+            PyTuple_SET_ITEM(grown, n, Py_NewRef(body));
+        }
+        else {
+            PyList_SET_ITEM(grown, n, Py_NewRef(body));
+        }
+        *chunks = grown;
+        Py_DECREF(old);
+        return 0;
+    }
+    return PyList_Append(old, body);
+}
+
+/* Adds the body (message.get("body", b"")) to `chunks` within the limit; returns
+ * 1 when it kept it, 0 when the body was empty or over the limit, -1 on error. */
+static int
+take_body(Tap *self, PyObject *message, PyObject **chunks, Py_ssize_t *size, char *over)
+{
+    PyObject *body = lookup(message, s_body, empty_bytes);
+    if (body == NULL) {
+        return -1;
+    }
+    int kept = 0;
+    int full = PyObject_IsTrue(body);
+    if (full > 0) {
+        Py_ssize_t n = PyObject_Size(body);
+        if (n < 0) {
+            Py_DECREF(body);
+            return -1;
+        }
+        *size += n;
+        if (*size <= self->limit) {
+            kept = keep(chunks, body) < 0 ? -1 : 1;
+        }
+        else if (over != NULL) {
+            *over = 1;
+        }
+    }
+    Py_DECREF(body);
+    return full < 0 ? -1 : kept;
+}
+
+/* message.get("more_body", False), as a truth value (-1 on error). */
+static int
+more_body(PyObject *message)
+{
+    PyObject *more = lookup(message, s_more_body, Py_False);
+    if (more == NULL) {
+        return -1;
+    }
+    int truth = PyObject_IsTrue(more);
+    Py_DECREF(more);
+    return truth;
+}
+
+static int
+bump(Tap *self, PyObject *reason)
+{
+    PyObject *counts = PyObject_GetAttr(self->monitor, s_counts);
+    if (counts == NULL) {
+        return -1;
+    }
+    PyObject *dropped = PyObject_GetAttr(counts, s_dropped);
+    Py_DECREF(counts);
+    if (dropped == NULL) {
+        return -1;
+    }
+    int failed = -1;
+    PyObject *before = PyObject_GetItem(dropped, reason);
+    if (before == NULL && PyErr_ExceptionMatches(PyExc_KeyError)) {
+        PyErr_Clear();
+        before = PyLong_FromLong(0);
+    }
+    if (before != NULL) {
+        PyObject *after = PyNumber_Add(before, one);
+        if (after != NULL) {
+            failed = PyObject_SetItem(dropped, reason, after);
+            Py_DECREF(after);
+        }
+        Py_DECREF(before);
+    }
+    Py_DECREF(dropped);
+    return failed;
+}
+
+/* The exchange ended: queue the sample or count why not (once). */
+static int
+finish(Tap *self)
+{
+    if (self->finished) {
+        return 0; /* a disconnect finished it before the response did */
+    }
+    self->finished = 1;
+    if (self->overflow) {
+        return bump(self, s_too_large);
+    }
+    if (!self->request_done) {
+        return bump(self, s_body_incomplete); /* the app did not read it all */
+    }
+    if (PyObject_Length(self->request) == 0) {
+        return bump(self, s_empty_body);
+    }
+    if (sample_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "sidecar._tap: use_sample() was not called");
+        return -1;
+    }
+    /* A response over the size limit is left out; the request is still checked. */
+    int too_big = self->response_size > self->limit;
+    PyObject *response = too_big ? empty_tuple : self->response;
+    Py_ssize_t size = self->request_size + (too_big ? 0 : self->response_size);
+    /* Sample's slots set one by one: its Python __init__ costs several times more. */
+    PyTypeObject *type = (PyTypeObject *)sample_type;
+    PyObject *sample = type->tp_alloc(type, 0);
+    if (sample == NULL) {
+        return -1;
+    }
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL || PyObject_SetAttr(sample, s_request, self->request) < 0
+        || PyObject_SetAttr(sample, s_response, response) < 0
+        || PyObject_SetAttr(sample, s_status, self->status) < 0
+        || PyObject_SetAttr(sample, s_headers, self->headers) < 0
+        || PyObject_SetAttr(sample, s_response_headers, self->response_headers) < 0
+        || PyObject_SetAttr(sample, s_size, zero) < 0) {
+        Py_XDECREF(zero);
+        Py_DECREF(sample);
+        return -1;
+    }
+    Py_DECREF(zero);
+    PyObject *bytes = PyLong_FromSsize_t(size);
+    if (bytes == NULL) {
+        Py_DECREF(sample);
+        return -1;
+    }
+    PyObject *args[3] = {self->monitor, sample, bytes};
+    PyObject *done = PyObject_VectorcallMethod(s_submit, args, 3, NULL);
+    Py_DECREF(bytes);
+    Py_DECREF(sample);
+    Py_XDECREF(done);
+    return done == NULL ? -1 : 0;
+}
+
+/* A message the server's receive returned (while the request body is incomplete). */
+static int
+saw_request_message(Tap *self, PyObject *message)
+{
+    if (self->request_done) {
+        return 0;
+    }
+    PyObject *kind = lookup(message, s_type, NULL);
+    if (kind == NULL) {
+        return -1;
+    }
+    int failed = 0;
+    int request = is(kind, s_http_request);
+    if (request > 0) {
+        int more;
+        if (take_body(self, message, &self->request, &self->request_size, &self->overflow) < 0
+            || (more = more_body(message)) < 0) {
+            failed = -1;
+        }
+        else {
+            if (!more) {
+                self->request_done = 1;
+                if (!self->responses) {
+                    failed = finish(self);
+                }
+            }
+        }
+    }
+    else if (request == 0) {
+        int disconnect = is(kind, s_http_disconnect);
+        if (disconnect > 0) {
+            failed = finish(self); /* the client left mid-body: counted once, nothing queued */
+        }
+        else if (disconnect < 0) {
+            failed = -1;
+        }
+    }
+    else {
+        failed = -1;
+    }
+    Py_DECREF(kind);
+    return failed;
+}
+
+static int
+saw_response_message(Tap *self, PyObject *message)
+{
+    PyObject *kind = lookup(message, s_type, NULL);
+    if (kind == NULL) {
+        return -1;
+    }
+    int failed = 0;
+    int body = is(kind, s_response_body);
+    if (body > 0) {
+        int more; /* a response over the limit is left out when the sample is made */
+        if (take_body(self, message, &self->response, &self->response_size, NULL) < 0
+            || (more = more_body(message)) < 0) {
+            failed = -1;
+        }
+        else if (!more) {
+            failed = finish(self);
+        }
+    }
+    else if (body == 0) {
+        int start = is(kind, s_response_start);
+        if (start > 0) {
+            PyObject *status = lookup(message, s_status, NULL);
+            PyObject *headers = status == NULL ? NULL : lookup(message, s_headers, empty_tuple);
+            if (headers == NULL) {
+                Py_XDECREF(status);
+                failed = -1;
+            }
+            else {
+                Py_SETREF(self->status, status);
+                Py_SETREF(self->response_headers, headers);
+            }
+        }
+        else if (start < 0) {
+            failed = -1;
+        }
+    }
+    else {
+        failed = -1;
+    }
+    Py_DECREF(kind);
+    return failed;
+}
+
+/* -- Receiving: the awaitable of Tap.receive() -------------------------------------- */
+
+/* What `await` does to get an iterator: a coroutine is its own, else __await__(). */
+static PyObject *
+awaited(PyObject *awaitable)
+{
+    if (PyCoro_CheckExact(awaitable)) {
+        return Py_NewRef(awaitable);
+    }
+    PyAsyncMethods *methods = Py_TYPE(awaitable)->tp_as_async;
+    if (methods == NULL || methods->am_await == NULL) {
+        PyErr_Format(PyExc_TypeError, "object %.100s can't be used in 'await' expression",
+                     Py_TYPE(awaitable)->tp_name);
+        return NULL;
+    }
+    PyObject *iter = methods->am_await(awaitable);
+    if (iter != NULL && (!PyIter_Check(iter) || PyCoro_CheckExact(iter))) {
+        PyErr_Format(PyExc_TypeError, "__await__() returned %s",
+                     PyCoro_CheckExact(iter) ? "a coroutine" : "non-iterator");
+        Py_CLEAR(iter);
+    }
+    return iter;
+}
+
+static int
+start(Receiving *self)
+{
+    if (self->iter != NULL) {
+        return 0;
+    }
+    PyObject *awaitable = PyObject_CallNoArgs(self->tap->receive);
+    if (awaitable == NULL) {
+        return -1;
+    }
+    self->iter = awaited(awaitable);
+    Py_DECREF(awaitable);
+    return self->iter == NULL ? -1 : 0;
+}
+
+/* The server's receive finished with `message`: look at it (never raising). */
+static int
+returned(Receiving *self, PyObject *message)
+{
+    if (saw_request_message(self->tap, message) < 0) {
+        return counted(self->tap);
+    }
+    return 0;
+}
+
+static PySendResult
+receiving_am_send(Receiving *self, PyObject *arg, PyObject **result)
+{
+    if (start(self) < 0) {
+        *result = NULL;
+        return PYGEN_ERROR;
+    }
+    PySendResult status = PyIter_Send(self->iter, arg, result);
+    if (status == PYGEN_RETURN && returned(self, *result) < 0) {
+        Py_CLEAR(*result);
+        return PYGEN_ERROR;
+    }
+    return status;
+}
+
+/* `status` and `result` of a send as an iterator's or generator's return. */
+static PyObject *
+as_iteration(PySendResult status, PyObject *result)
+{
+    if (status != PYGEN_RETURN) {
+        return result; /* a yielded value, or NULL with an exception set */
+    }
+    if (result == Py_None) {
+        Py_DECREF(result);
+        PyErr_SetNone(PyExc_StopIteration);
+        return NULL;
+    }
+    /* An instance, so a tuple or an exception is the value, not the arguments. */
+    PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, result);
+    Py_DECREF(result);
+    if (stop != NULL) {
+        PyErr_SetObject(PyExc_StopIteration, stop);
+        Py_DECREF(stop);
+    }
+    return NULL;
+}
+
+static PyObject *
+receiving_iternext(Receiving *self)
+{
+    PyObject *result;
+    PySendResult status = receiving_am_send(self, Py_None, &result);
+    return as_iteration(status, result);
+}
+
+static PyObject *
+receiving_send(Receiving *self, PyObject *value)
+{
+    PyObject *result;
+    PySendResult status = receiving_am_send(self, value, &result);
+    return as_iteration(status, result);
+}
+
+/* The value of the StopIteration set now (cleared), or NULL with it left set when the
+ * exception is another. */
+static PyObject *
+stop_value(void)
+{
+    if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        return NULL;
+    }
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    PyObject *result = value == NULL ? NULL : PyObject_GetAttrString(value, "value");
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
+    return result;
+}
+
+/* Raise what throw(...) was given, as an await of an iterator without throw() does. */
+static PyObject *
+raise_thrown(PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *first = args[0];
+    if (PyExceptionInstance_Check(first)) {
+        PyErr_SetObject(PyExceptionInstance_Class(first), first);
+    }
+    else if (PyExceptionClass_Check(first)) {
+        PyErr_SetObject(first, nargs > 1 ? args[1] : NULL);
+    }
+    else {
+        PyErr_SetString(PyExc_TypeError,
+                        "exceptions must be classes or instances deriving from BaseException");
+    }
+    return NULL;
+}
+
+static PyObject *
+receiving_throw(Receiving *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "throw expected 1 to 3 arguments");
+        return NULL;
+    }
+    if (self->iter == NULL) {
+        /* Never started: the server's receive is not called, as for a coroutine thrown
+         * into before its first step. */
+        return raise_thrown(args, nargs);
+    }
+    PyObject *throw = PyObject_GetAttr(self->iter, s_throw);
+    if (throw == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return NULL;
+        }
+        PyErr_Clear();
+        return raise_thrown(args, nargs);
+    }
+    PyObject *yielded = PyObject_Vectorcall(throw, args, nargs, NULL);
+    Py_DECREF(throw);
+    if (yielded != NULL) {
+        return yielded;
+    }
+    PyObject *message = stop_value();
+    if (message == NULL) {
+        return NULL; /* what the server raised (or the thrown exception), unchanged */
+    }
+    if (returned(self, message) < 0) {
+        Py_DECREF(message);
+        return NULL;
+    }
+    return as_iteration(PYGEN_RETURN, message);
+}
+
+static PyObject *
+receiving_close(Receiving *self, PyObject *unused)
+{
+    if (self->iter == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *close = PyObject_GetAttr(self->iter, s_close);
+    if (close == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return NULL;
+        }
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyObject *done = PyObject_CallNoArgs(close);
+    Py_DECREF(close);
+    return done;
+}
+
+static PyObject *
+receiving_await(PyObject *self)
+{
+    return Py_NewRef(self);
+}
+
+static int
+receiving_traverse(Receiving *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->tap);
+    Py_VISIT(self->iter);
+    return 0;
+}
+
+static int
+receiving_clear(Receiving *self)
+{
+    Py_CLEAR(self->tap);
+    Py_CLEAR(self->iter);
+    return 0;
+}
+
+static void
+receiving_dealloc(Receiving *self)
+{
+    PyObject_GC_UnTrack(self);
+    receiving_clear(self);
+    PyTypeObject *type = Py_TYPE(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+static PyMethodDef receiving_methods[] = {
+    {"send", (PyCFunction)receiving_send, METH_O, "Send a value into the server's receive."},
+    {"throw", (PyCFunction)(void (*)(void))receiving_throw, METH_FASTCALL,
+     "Raise an exception in the server's receive."},
+    {"close", (PyCFunction)receiving_close, METH_NOARGS, "Close the server's receive."},
+    {NULL},
+};
+
+static PyType_Slot receiving_slots[] = {
+    {Py_tp_doc, "The awaitable of Tap.receive(): the server's receive, looked at."},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, receiving_iternext},
+    {Py_am_await, receiving_await},
+    {Py_am_send, receiving_am_send},
+    {Py_tp_methods, receiving_methods},
+    {Py_tp_traverse, receiving_traverse},
+    {Py_tp_clear, receiving_clear},
+    {Py_tp_dealloc, receiving_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec receiving_spec = {
+    .name = "sidecar._tap.Receiving",
+    .basicsize = sizeof(Receiving),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = receiving_slots,
+};
+
+/* -- Tap ---------------------------------------------------------------------------- */
+
+static PyObject *
+tap_receive(Tap *self, PyObject *unused)
+{
+    if (self->request_done) {
+        return PyObject_CallNoArgs(self->receive); /* nothing more to look at */
+    }
+    Receiving *receiving = PyObject_GC_New(Receiving, ReceivingType);
+    if (receiving == NULL) {
+        return NULL;
+    }
+    receiving->tap = (Tap *)Py_NewRef(self);
+    receiving->iter = NULL;
+    PyObject_GC_Track(receiving);
+    return (PyObject *)receiving;
+}
+
+static PyObject *
+tap_send(Tap *self, PyObject *message)
+{
+    if (saw_response_message(self, message) < 0 && counted(self) < 0) {
+        return NULL;
+    }
+    return PyObject_CallOneArg(self->send, message);
+}
+
+/* Tap(monitor, responses, limit, scope, receive, send) */
+static PyObject *
+tap_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 6 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError,
+                        "Tap(monitor, responses, limit, scope, receive, send): 6 positional "
+                        "arguments");
+        return NULL;
+    }
+    int responses = PyObject_IsTrue(args[1]);
+    Py_ssize_t limit = PyNumber_AsSsize_t(args[2], PyExc_OverflowError);
+    if (responses < 0 || (limit == -1 && PyErr_Occurred())) {
+        return NULL;
+    }
+    PyObject *headers = lookup(args[3], s_headers, NULL);
+    if (headers == NULL) {
+        return NULL;
+    }
+    Tap *self = PyObject_GC_New(Tap, (PyTypeObject *)type);
+    if (self == NULL) {
+        Py_DECREF(headers);
+        return NULL;
+    }
+    self->monitor = Py_NewRef(args[0]);
+    self->receive = Py_NewRef(args[4]);
+    self->send = Py_NewRef(args[5]);
+    self->headers = headers; /* read in the worker (Content-Encoding) */
+    self->request = Py_NewRef(empty_tuple);
+    self->response = Py_NewRef(empty_tuple);
+    self->response_headers = Py_NewRef(empty_tuple);
+    self->status = PyLong_FromLong(0);
+    self->limit = limit;
+    self->request_size = self->response_size = 0;
+    self->responses = (char)responses;
+    self->request_done = self->overflow = self->finished = 0;
+    PyObject_GC_Track(self);
+    if (self->status == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static PyObject *
+tap_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
+        PyErr_SetString(PyExc_TypeError, "Tap() takes no keyword arguments");
+        return NULL;
+    }
+    return tap_vectorcall((PyObject *)type, &PyTuple_GET_ITEM(args, 0),
+                          (size_t)PyTuple_GET_SIZE(args), NULL);
+}
+
+static int
+tap_traverse(Tap *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->monitor);
+    Py_VISIT(self->receive);
+    Py_VISIT(self->send);
+    Py_VISIT(self->headers);
+    Py_VISIT(self->request);
+    Py_VISIT(self->response);
+    Py_VISIT(self->response_headers);
+    Py_VISIT(self->status);
+    return 0;
+}
+
+static int
+tap_clear(Tap *self)
+{
+    Py_CLEAR(self->monitor);
+    Py_CLEAR(self->receive);
+    Py_CLEAR(self->send);
+    Py_CLEAR(self->headers);
+    Py_CLEAR(self->request);
+    Py_CLEAR(self->response);
+    Py_CLEAR(self->response_headers);
+    Py_CLEAR(self->status);
+    return 0;
+}
+
+static void
+tap_dealloc(Tap *self)
+{
+    PyObject_GC_UnTrack(self);
+    tap_clear(self);
+    PyTypeObject *type = Py_TYPE(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+static PyObject *
+tap_get_finished(Tap *self, void *closure)
+{
+    return PyBool_FromLong(self->finished);
+}
+
+static PyMethodDef tap_methods[] = {
+    {"receive", (PyCFunction)tap_receive, METH_NOARGS, "The server's receive, looked at."},
+    {"send", (PyCFunction)tap_send, METH_O, "Look at the message; the server's send(message)."},
+    {NULL},
+};
+
+static PyGetSetDef tap_getset[] = {
+    {"finished", (getter)tap_get_finished, NULL, "the sample was queued or its drop counted", NULL},
+    {NULL},
+};
+
+static PyType_Slot tap_slots[] = {
+    {Py_tp_doc, "A sampled request's tap, compiled (see sidecar.middleware._Tap)."},
+    {Py_tp_new, tap_new},
+    {Py_tp_methods, tap_methods},
+    {Py_tp_getset, tap_getset},
+    {Py_tp_traverse, tap_traverse},
+    {Py_tp_clear, tap_clear},
+    {Py_tp_dealloc, tap_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec tap_spec = {
+    .name = "sidecar._tap.Tap",
+    .basicsize = sizeof(Tap),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = tap_slots,
+};
+
+/* -- the module ------------------------------------------------------------------- */
+
+static PyObject *
+use_sample(PyObject *module, PyObject *type)
+{
+    if (!PyType_Check(type)) {
+        PyErr_SetString(PyExc_TypeError, "use_sample() takes the Sample class");
+        return NULL;
+    }
+    Py_XSETREF(sample_type, Py_NewRef(type));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"use_sample", use_sample, METH_O,
+     "The class of the samples Tap submits (sidecar.worker.Sample)."},
+    {NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "sidecar._tap",
+    .m_doc = "A sampled request's tap, compiled (see sidecar.middleware._Tap).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+static int
+intern(PyObject **slot, const char *text)
+{
+    *slot = PyUnicode_InternFromString(text);
+    return *slot == NULL ? -1 : 0;
+}
+
+PyMODINIT_FUNC
+PyInit__tap(void)
+{
+    if (intern(&s_type, "type") < 0 || intern(&s_body, "body") < 0
+        || intern(&s_more_body, "more_body") < 0 || intern(&s_status, "status") < 0
+        || intern(&s_headers, "headers") < 0 || intern(&s_http_request, "http.request") < 0
+        || intern(&s_http_disconnect, "http.disconnect") < 0
+        || intern(&s_response_body, "http.response.body") < 0
+        || intern(&s_response_start, "http.response.start") < 0
+        || intern(&s_request, "request") < 0 || intern(&s_response, "response") < 0
+        || intern(&s_response_headers, "response_headers") < 0 || intern(&s_size, "size") < 0
+        || intern(&s_submit, "submit") < 0 || intern(&s_error, "_error") < 0
+        || intern(&s_worker, "worker") < 0 || intern(&s_counts, "counts") < 0
+        || intern(&s_dropped, "dropped") < 0 || intern(&s_too_large, "too_large") < 0
+        || intern(&s_body_incomplete, "body_incomplete") < 0
+        || intern(&s_empty_body, "empty_body") < 0 || intern(&s_get, "get") < 0
+        || intern(&s_throw, "throw") < 0 || intern(&s_close, "close") < 0) {
+        return NULL;
+    }
+    empty_bytes = PyBytes_FromStringAndSize(NULL, 0);
+    empty_tuple = PyTuple_New(0);
+    one = PyLong_FromLong(1);
+    if (empty_bytes == NULL || empty_tuple == NULL || one == NULL) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) {
+        return NULL;
+    }
+    ReceivingType = (PyTypeObject *)PyType_FromSpec(&receiving_spec);
+    TapType = (PyTypeObject *)PyType_FromSpec(&tap_spec);
+    if (ReceivingType == NULL || TapType == NULL) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    TapType->tp_vectorcall = tap_vectorcall;
+    if (PyModule_AddObject(m, "Tap", Py_NewRef(TapType)) < 0) {
+        Py_DECREF(TapType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
