@@ -53,9 +53,6 @@ _unpack_int = struct.Struct("i").unpack_from
 _CACHE_SLACK = 1_000
 
 
-READ_ATTEMPTS = 3  # reads of a file torn by a concurrent writer, before giving up
-
-
 class Unsupported(Exception):
     """The directory holds something only prometheus_client renders exactly."""
 
@@ -358,39 +355,21 @@ class FileText:
         paths = glob.glob(os.path.join(self.path, "*.db"))  # prometheus_client's order
         for path in paths:
             try:
-                layout, data = self._read_layout(path)
+                data, used = _read(path)
             except FileNotFoundError:
                 parts = os.path.basename(path).split("_")
                 if parts[0] == "gauge" and parts[1:] and parts[1].startswith("live"):
                     continue  # removed by mark_process_dead since the glob
                 raise
+            layout = self._layouts.get(path)
+            if layout is None or not layout.matches(data, used):
+                layout = self._layouts[path] = _Layout(path, data, used, self._keys)
             layouts.append(layout)
             blocks.append(data)
         if len(self._layouts) > len(layouts):
             current = set(paths)
             self._layouts = {p: v for p, v in self._layouts.items() if p in current}
         return layouts, blocks
-
-    def _read_layout(self, path: str) -> tuple[_Layout, bytes]:
-        """The file's bytes and its layout, read again when a writer tore them.
-
-        A process writes a new entry's key, then the used size, into memory it maps;
-        `read()` copies the page meanwhile and may see the new size with only part of
-        the key (a UTF-8 sequence cut short was seen under load). Read again, at most
-        READ_ATTEMPTS times: the writer finishes its few bytes in microseconds.
-        """
-        for attempt in range(1, READ_ATTEMPTS + 1):
-            data, used = _read(path)
-            layout = self._layouts.get(path)
-            if layout is not None and layout.matches(data, used):
-                return layout, data
-            try:
-                layout = self._layouts[path] = _Layout(path, data, used, self._keys)
-                return layout, data
-            except (UnicodeDecodeError, RuntimeError, Unsupported, ValueError):
-                if attempt == READ_ATTEMPTS:
-                    raise
-        raise AssertionError("unreachable")
 
     def _write(self, plan: _Plan, layouts: list[_Layout], blocks: list[bytes]) -> str:
         values, stamps = _gather(layouts, blocks)
