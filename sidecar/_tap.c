@@ -43,6 +43,7 @@ typedef struct {
     PyObject_HEAD
     Tap *tap;
     PyObject *iter; /* the server's receive() as an iterator; NULL until first awaited */
+    int done;       /* returned, raised, closed: awaiting again raises, as a coroutine */
 } Receiving;
 
 /* -- counting failures ----------------------------------------------------------- */
@@ -338,14 +339,18 @@ saw_response_message(Tap *self, PyObject *message)
         int start = is(kind, s_response_start);
         if (start > 0) {
             PyObject *status = lookup(message, s_status, NULL);
-            PyObject *headers = status == NULL ? NULL : lookup(message, s_headers, empty_tuple);
-            if (headers == NULL) {
-                Py_XDECREF(status);
+            if (status == NULL) {
                 failed = -1;
             }
             else {
                 Py_SETREF(self->status, status);
-                Py_SETREF(self->response_headers, headers);
+                PyObject *headers = lookup(message, s_headers, empty_tuple);
+                if (headers == NULL) {
+                    failed = -1;
+                }
+                else {
+                    Py_SETREF(self->response_headers, headers);
+                }
             }
         }
         else if (start < 0) {
@@ -361,11 +366,29 @@ saw_response_message(Tap *self, PyObject *message)
 
 /* -- Receiving: the awaitable of Tap.receive() -------------------------------------- */
 
-/* What `await` does to get an iterator: a coroutine is its own, else __await__(). */
+/* A generator made by @types.coroutine (CO_ITERABLE_COROUTINE): await takes it as is. */
+static int
+iterable_coroutine(PyObject *o)
+{
+    if (!PyGen_CheckExact(o)) {
+        return 0;
+    }
+    PyObject *code = PyObject_GetAttrString(o, "gi_code");
+    if (code == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int flagged = PyCode_Check(code) && (((PyCodeObject *)code)->co_flags & CO_ITERABLE_COROUTINE);
+    Py_DECREF(code);
+    return flagged;
+}
+
+/* What `await` does to get an iterator: a coroutine (or an iterable coroutine) is its
+ * own, else __await__(). */
 static PyObject *
 awaited(PyObject *awaitable)
 {
-    if (PyCoro_CheckExact(awaitable)) {
+    if (PyCoro_CheckExact(awaitable) || iterable_coroutine(awaitable)) {
         return Py_NewRef(awaitable);
     }
     PyAsyncMethods *methods = Py_TYPE(awaitable)->tp_as_async;
@@ -375,12 +398,24 @@ awaited(PyObject *awaitable)
         return NULL;
     }
     PyObject *iter = methods->am_await(awaitable);
-    if (iter != NULL && (!PyIter_Check(iter) || PyCoro_CheckExact(iter))) {
+    if (iter != NULL
+        && (!PyIter_Check(iter) || PyCoro_CheckExact(iter) || iterable_coroutine(iter))) {
         PyErr_Format(PyExc_TypeError, "__await__() returned %s",
-                     PyCoro_CheckExact(iter) ? "a coroutine" : "non-iterator");
+                     PyIter_Check(iter) ? "a coroutine" : "non-iterator");
         Py_CLEAR(iter);
     }
     return iter;
+}
+
+/* Awaited once only, as a coroutine: 0, or -1 with RuntimeError set. */
+static int
+fresh(Receiving *self)
+{
+    if (self->done) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+        return -1;
+    }
+    return 0;
 }
 
 static int
@@ -411,11 +446,15 @@ returned(Receiving *self, PyObject *message)
 static PySendResult
 receiving_am_send(Receiving *self, PyObject *arg, PyObject **result)
 {
-    if (start(self) < 0) {
+    if (fresh(self) < 0 || start(self) < 0) {
+        self->done = 1;
         *result = NULL;
         return PYGEN_ERROR;
     }
     PySendResult status = PyIter_Send(self->iter, arg, result);
+    if (status != PYGEN_NEXT) {
+        self->done = 1;
+    }
     if (status == PYGEN_RETURN && returned(self, *result) < 0) {
         Py_CLEAR(*result);
         return PYGEN_ERROR;
@@ -484,15 +523,37 @@ static PyObject *
 raise_thrown(PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *first = args[0];
+    PyObject *value = nargs > 1 ? args[1] : Py_None;
+    PyObject *traceback = nargs > 2 ? args[2] : Py_None;
+    if (traceback != Py_None && !PyTraceBack_Check(traceback)) {
+        PyErr_SetString(PyExc_TypeError, "throw() third argument must be a traceback object");
+        return NULL;
+    }
     if (PyExceptionInstance_Check(first)) {
+        if (value != Py_None) {
+            PyErr_SetString(PyExc_TypeError,
+                            "instance exception may not have a separate value");
+            return NULL;
+        }
         PyErr_SetObject(PyExceptionInstance_Class(first), first);
     }
     else if (PyExceptionClass_Check(first)) {
-        PyErr_SetObject(first, nargs > 1 ? args[1] : NULL);
+        PyErr_SetObject(first, value == Py_None ? NULL : value);
     }
     else {
         PyErr_SetString(PyExc_TypeError,
                         "exceptions must be classes or instances deriving from BaseException");
+        return NULL;
+    }
+    if (traceback != Py_None) {
+        PyObject *type, *exception, *tb;
+        PyErr_Fetch(&type, &exception, &tb);
+        PyErr_NormalizeException(&type, &exception, &tb);
+        if (exception != NULL) {
+            PyException_SetTraceback(exception, traceback);
+        }
+        Py_XDECREF(tb);
+        PyErr_Restore(type, exception, Py_NewRef(traceback));
     }
     return NULL;
 }
@@ -504,13 +565,18 @@ receiving_throw(Receiving *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "throw expected 1 to 3 arguments");
         return NULL;
     }
+    if (fresh(self) < 0) {
+        return NULL;
+    }
     if (self->iter == NULL) {
         /* Never started: the server's receive is not called, as for a coroutine thrown
          * into before its first step. */
+        self->done = 1;
         return raise_thrown(args, nargs);
     }
     PyObject *throw = PyObject_GetAttr(self->iter, s_throw);
     if (throw == NULL) {
+        self->done = 1;
         if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
             return NULL;
         }
@@ -522,6 +588,7 @@ receiving_throw(Receiving *self, PyObject *const *args, Py_ssize_t nargs)
     if (yielded != NULL) {
         return yielded;
     }
+    self->done = 1;
     PyObject *message = stop_value();
     if (message == NULL) {
         return NULL; /* what the server raised (or the thrown exception), unchanged */
@@ -536,6 +603,7 @@ receiving_throw(Receiving *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 receiving_close(Receiving *self, PyObject *unused)
 {
+    self->done = 1;
     if (self->iter == NULL) {
         Py_RETURN_NONE;
     }
@@ -609,7 +677,7 @@ static PyType_Slot receiving_slots[] = {
 static PyType_Spec receiving_spec = {
     .name = "sidecar._tap.Receiving",
     .basicsize = sizeof(Receiving),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
     .slots = receiving_slots,
 };
 
@@ -618,15 +686,15 @@ static PyType_Spec receiving_spec = {
 static PyObject *
 tap_receive(Tap *self, PyObject *unused)
 {
-    if (self->request_done) {
-        return PyObject_CallNoArgs(self->receive); /* nothing more to look at */
-    }
+    /* The server's receive is called when this is first awaited, not now: as a
+     * coroutine would (a server's plain function may raise, and must raise there). */
     Receiving *receiving = PyObject_GC_New(Receiving, ReceivingType);
     if (receiving == NULL) {
         return NULL;
     }
     receiving->tap = (Tap *)Py_NewRef(self);
     receiving->iter = NULL;
+    receiving->done = 0;
     PyObject_GC_Track(receiving);
     return (PyObject *)receiving;
 }
@@ -638,6 +706,38 @@ tap_send(Tap *self, PyObject *message)
         return NULL;
     }
     return PyObject_CallOneArg(self->send, message);
+}
+
+/* The body size limit as a Py_ssize_t that compares with sizes (never negative) as
+ * the number itself does: beyond the range clamped, a float floored, NaN below all. */
+static int
+as_limit(PyObject *o, Py_ssize_t *limit)
+{
+    if (PyFloat_Check(o)) {
+        double d = PyFloat_AS_DOUBLE(o);
+        if (isnan(d) || d < 0) {
+            *limit = -1;
+        }
+        else if (d >= (double)PY_SSIZE_T_MAX) {
+            *limit = PY_SSIZE_T_MAX;
+        }
+        else {
+            *limit = (Py_ssize_t)d;
+        }
+        return 0;
+    }
+    int overflow;
+    long long value = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (value == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow || value > PY_SSIZE_T_MAX || value < -1) {
+        *limit = overflow < 0 || value < -1 ? -1 : PY_SSIZE_T_MAX;
+    }
+    else {
+        *limit = (Py_ssize_t)value;
+    }
+    return 0;
 }
 
 /* Tap(monitor, responses, limit, scope, receive, send) */
@@ -652,8 +752,8 @@ tap_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *k
         return NULL;
     }
     int responses = PyObject_IsTrue(args[1]);
-    Py_ssize_t limit = PyNumber_AsSsize_t(args[2], PyExc_OverflowError);
-    if (responses < 0 || (limit == -1 && PyErr_Occurred())) {
+    Py_ssize_t limit;
+    if (responses < 0 || as_limit(args[2], &limit) < 0) {
         return NULL;
     }
     PyObject *headers = lookup(args[3], s_headers, NULL);

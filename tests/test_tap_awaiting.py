@@ -323,3 +323,111 @@ def test_a_sampled_request_holds_no_reference_once_its_sample_is_gone(
     finally:
         gc.enable()
     assert after == before
+
+
+def direct_tap(baseline: Baseline, receive: Any, limit: Any = 1 << 20) -> Any:
+    mw = tapped(baseline, None)
+    return Tap(mw.monitor, True, limit, scope(), receive, _ignore), mw
+
+
+@pytest.mark.parametrize("kind", ["coroutine", "future"])
+def test_awaiting_a_receive_twice_raises_as_a_coroutine_would(
+    baseline: Baseline, kind: str
+) -> None:
+    async def coroutine() -> Message:
+        return {"type": "http.request", "body": BODY}
+
+    def future() -> asyncio.Future[Message]:
+        done = asyncio.get_running_loop().create_future()
+        done.set_result({"type": "http.request", "body": BODY})
+        return done
+
+    tap, _ = direct_tap(baseline, coroutine if kind == "coroutine" else future)
+
+    async def twice() -> None:
+        waiting = tap.receive()
+        assert await waiting == {"type": "http.request", "body": BODY}
+        with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+            await waiting
+
+    asyncio.run(twice())
+
+
+def test_the_receive_awaitable_cannot_be_made_from_python(baseline: Baseline) -> None:
+    async def receive() -> Message:
+        return {"type": "http.request", "body": BODY}
+
+    tap, _ = direct_tap(baseline, receive)
+    waiting = tap.receive()
+    with pytest.raises(TypeError):
+        type(waiting)()
+    waiting.close()
+
+
+def test_a_receive_written_as_a_generator_coroutine_is_awaited(baseline: Baseline) -> None:
+    """`@types.coroutine` generators are awaitable as they are (older servers and
+    libraries still write them)."""
+
+    @types.coroutine
+    def receive() -> Generator[None, None, Message]:
+        yield
+        return {"type": "http.request", "body": BODY}
+
+    seen: list[Message] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(await receive())
+        await reply(send)
+
+    mw = tapped(baseline, app)
+    coro = mw(scope(), receive, _ignore)
+    coro.send(None)
+    with pytest.raises(StopIteration):
+        coro.send(None)
+    assert seen == [{"type": "http.request", "body": BODY}]
+    assert queued(mw) == [((BODY,), 200)]
+
+
+@pytest.mark.parametrize("limit", [float("inf"), 2**70, 1000.5, 8])
+def test_a_body_limit_of_any_number_compares_as_the_number(
+    baseline: Baseline, limit: float
+) -> None:
+    async def receive() -> Message:
+        return {"type": "http.request", "body": BODY}
+
+    tap, mw = direct_tap(baseline, receive, limit)
+
+    async def exchange() -> None:
+        await tap.receive()
+        await tap.send({"type": "http.response.start", "status": 200, "headers": []})
+        await tap.send({"type": "http.response.body", "body": b"{}"})
+
+    asyncio.run(exchange())
+    kept = len(BODY) <= limit
+    assert queued(mw) == ([((BODY,), 200)] if kept else [])
+    assert mw.monitor.counts.dropped == ({} if kept else {"too_large": 1})
+    assert mw.monitor.counts.errors == {}
+
+
+class UnreadableHeaders(Message_):
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "headers":
+            raise ValueError("no headers")
+        return super().get(key, default)
+
+
+def test_a_response_start_whose_headers_cannot_be_read_keeps_its_status(
+    baseline: Baseline,
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send(UnreadableHeaders(type="http.response.start", status=201))
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": BODY}
+
+    mw = tapped(baseline, app)
+    asyncio.run(mw(scope(), receive, _ignore))
+    assert queued(mw) == [((BODY,), 201)]
+    assert mw.monitor.counts.errors == {"worker": 1}
