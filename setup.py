@@ -8,5 +8,6 @@ setup(
         Extension("sidecar._gate", ["sidecar/_gate.c"], optional=True),
         Extension("sidecar._records", ["sidecar/_records.c"], optional=True),
         Extension("sidecar._tap", ["sidecar/_tap.c"], optional=True),
+        Extension("sidecar._block", ["sidecar/_block.c"], optional=True),
     ]
 )

@@ -20,10 +20,14 @@ import numpy.typing as npt
 
 from .baseline import Baseline, Feature
 from .categorical import CategoricalStats, category_key
+from .compiled import compiled
 from .flatten import flatten
 from .numeric import NumericStats
 from .sequences import ListStats, list_shape, numeric_elements, shape_key
 from .timestamps import Instant, TimestampStats, parse_epoch, parse_iso
+
+# NumericBlock's counts in one compiled pass (sidecar/_block.c), else numpy's calls.
+_count_block = compiled("_block", "count")
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -181,6 +185,9 @@ class NumericBlock:
         self.width = max(self.buckets)
         self.offsets = (np.arange(len(self.checkers)) * self.width)[:, None]
         self.discrete = [j for j, c in enumerate(self.checkers) if c.values_bins is not None]
+        # For the compiled count: every grid in one array, feature j's from starts[j].
+        self.grid = np.concatenate([c.grid for c in self.checkers]).astype(np.float64)
+        self.starts = np.cumsum([0, *(len(c.grid) for c in self.checkers)]).astype(np.int64)
 
     def check(
         self,
@@ -214,6 +221,9 @@ class NumericBlock:
 
     def add(self, x: FloatArray, windows: Mapping[str, FeatureWindow]) -> None:
         """Count a (rows x features) array of finite values, columns in `names` order."""
+        if _count_block is not None:
+            self._add_compiled(x, windows)
+            return
         n, k = x.shape
         below, above = x < self.min, x > self.max
         low, high = below.sum(axis=0).tolist(), above.sum(axis=0).tolist()
@@ -244,6 +254,33 @@ class NumericBlock:
             window.grid_counts += grid_counts[j, : self.buckets[j]]
         for j in self.discrete:
             self.checkers[j].count_bins(buckets[j], columns[j], windows[self.names[j]])
+
+    def _add_compiled(self, x: FloatArray, windows: Mapping[str, FeatureWindow]) -> None:
+        """`add` with sidecar/_block.c's one pass for the counts and sums: the grid
+        counts go straight into the windows' arrays."""
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        n, k = x.shape
+        buckets = np.empty((k, n), dtype=np.int64)
+        sums = np.zeros((6, k), dtype=np.float64)
+        features = [windows[name] for name in self.names]
+        counts = [w.grid_counts for w in features]
+        _count_block(
+            x, self.grid, self.starts, self.min, self.max, self.mean, buckets, counts, sums
+        )
+        low, high, below_sum, above_sum, sum_dev, sumsq_dev = sums.tolist()
+        for j, window in enumerate(features):
+            window.values += n
+            window.finite += n
+            if low[j]:
+                window.low += int(low[j])
+                window.below_sum += below_sum[j]
+            if high[j]:
+                window.high += int(high[j])
+                window.above_sum += above_sum[j]
+            window.sum_dev += sum_dev[j]
+            window.sumsq_dev += sumsq_dev[j]
+        for j in self.discrete:
+            self.checkers[j].count_bins(buckets[j], x[:, j], features[j])
 
 
 class CategoricalChecker:

@@ -37,9 +37,10 @@ import pytest
 from tests.tools import required
 
 REPO = Path(__file__).resolve().parent.parent
-EXTENSIONS = ("_gate", "_records", "_tap")
+EXTENSIONS = ("_gate", "_records", "_tap", "_block")
 VERSIONS = ("3.10", "3.13")
 VERSION_TESTS = (
+    "test_engine.py",
     "test_gate.py",
     "test_records.py",
     "test_middleware.py",
@@ -49,6 +50,7 @@ VERSION_TESTS = (
 # What those tests import beyond the package and its `serve` extra.
 TEST_REQUIREMENTS = ("pytest>=8", "hypothesis>=6.100", "fastapi>=0.115", "httpx>=0.27")
 SANITIZED_TESTS = (
+    "test_engine.py",
     "test_gate.py",
     "test_records.py",
     "test_middleware.py",

@@ -3,12 +3,14 @@ from __future__ import annotations
 import functools
 import math
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sidecar import engine as engine_module
 from sidecar.baseline import Baseline
 from sidecar.engine import BLOCK_ROWS, Engine, FeatureWindow
 from sidecar.profile import ProfileOptions, profile_records
@@ -367,3 +369,49 @@ def test_mismatched_values_are_counted_by_type_and_windows_add_them() -> None:
     assert w.features["x"].type_mismatch == sum(counts["x"].values()) == 5
     assert counts["c"]["int"] == 1
     assert counts["ids"]["int"] == 1
+
+
+@pytest.mark.skipif(engine_module._count_block is None, reason="sidecar/_block.c not built")
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(_wide_row, min_size=1, max_size=300))
+def test_the_compiled_block_counts_what_numpy_counts(
+    wide_baseline: Baseline, rows: list[dict[str, Any]]
+) -> None:
+    """sidecar/_block.c against the numpy calls it replaces (kept where it is not
+    built): the same counts and buckets, sums to rounding."""
+    windows = []
+    for count in (engine_module._count_block, None):
+        engine = Engine(wide_baseline)
+        assert engine.block is not None
+        with mock.patch.object(engine_module, "_count_block", count):
+            engine.check(rows)
+        windows.append(engine)
+    assert _snapshot(windows[0]) == _snapshot(windows[1])
+    for name, w in windows[0].window.features.items():
+        v = windows[1].window.features[name]
+        assert [w.sum_dev, w.sumsq_dev, w.below_sum, w.above_sum] == pytest.approx(
+            [v.sum_dev, v.sumsq_dev, v.below_sum, v.above_sum], rel=1e-9, nan_ok=True
+        )
+
+
+def test_the_compiled_block_refuses_arrays_of_the_wrong_shape(wide_baseline: Baseline) -> None:
+    block = Engine(wide_baseline).block
+    assert block is not None
+    if engine_module._count_block is None:
+        pytest.skip("sidecar/_block.c not built")
+    k = len(block.names)
+    x = np.zeros((4, k))
+    counts = [np.zeros(len(c.grid) + 1, np.int64) for c in block.checkers]
+    args = (block.grid, block.starts, block.min, block.max, block.mean)
+    count = engine_module._count_block
+    count(x, *args, np.empty((k, 4), np.int64), counts, np.zeros((6, k)))
+    assert sum(c.sum() for c in counts) == 4 * k
+    with pytest.raises(ValueError, match="x must be a 2-d float64"):
+        count(x.astype(np.float32), *args, np.empty((k, 4), np.int64), counts, np.zeros((6, k)))
+    with pytest.raises(ValueError, match="buckets must hold"):
+        count(x, *args, np.empty((k, 3), np.int64), counts, np.zeros((6, k)))
+    with pytest.raises(ValueError, match="each of counts must hold"):
+        short = [*counts[:-1], np.zeros(2, np.int64)]
+        count(x, *args, np.empty((k, 4), np.int64), short, np.zeros((6, k)))
+    with pytest.raises(ValueError, match="grid is out of bounds"):
+        count(x, block.grid[:3], *args[1:], np.empty((k, 4), np.int64), counts, np.zeros((6, k)))
