@@ -120,6 +120,7 @@ typedef struct {
     int64_t *unseen;     /* per categorical column: the slot of values not in it */
     PyObject *keep;      /* list of the UTF-8 bytes the Words point into */
     uint64_t *stamp;     /* per feature: the record it was last seen in (repeats) */
+    unsigned char *plain; /* per feature: its name has no quote, backslash or control byte */
     uint64_t record;
     int ready;           /* __init__ completed */
 } Layout;
@@ -298,12 +299,29 @@ read_record(Layout *self, const unsigned char *p, double *numbers, int64_t *slot
             return NULL;
         }
         int ascii;
-        const unsigned char *key = p;
-        p = string_end(p, &ascii);
-        if (p == NULL) {
-            return NULL;
+        Py_ssize_t f = -1, guess = previous + 1;
+        if (guess < self->features.count && self->plain[guess]) {
+            /* The key bodies usually have next, compared in place: its name holds no
+             * quote, backslash or control byte, so bytes equal to it up to a quote are
+             * that key exactly, and a mismatch stops at the body's NUL at the latest. */
+            const unsigned char *name = (const unsigned char *)self->features.text[guess];
+            Py_ssize_t n = self->features.length[guess], i = 0;
+            while (i < n && p[i] == name[i]) {
+                i++;
+            }
+            if (i == n && p[n] == '"') {
+                f = guess;
+                p += n;
+            }
         }
-        Py_ssize_t f = find(self, key, p - key, previous + 1);
+        if (f < 0) {
+            const unsigned char *key = p;
+            p = string_end(p, &ascii);
+            if (p == NULL) {
+                return NULL;
+            }
+            f = find(self, key, p - key, guess);
+        }
         if (f < 0 || self->stamp[f] == record) {
             return NULL; /* unknown or repeated */
         }
@@ -548,6 +566,7 @@ layout_dealloc(Layout *self)
     PyMem_Free(self->vocabulary);
     PyMem_Free(self->unseen);
     PyMem_Free(self->stamp);
+    PyMem_Free(self->plain);
     Py_XDECREF(self->keep);
     type->tp_free((PyObject *)self);
     Py_DECREF(type);
@@ -629,8 +648,9 @@ layout_init(Layout *self, PyObject *args, PyObject *kwargs)
     self->vocabulary = PyMem_Calloc(k + 1, sizeof(Words));
     self->unseen = PyMem_Calloc(k + 1, sizeof(int64_t));
     self->stamp = PyMem_Calloc(k + 1, sizeof(uint64_t));
+    self->plain = PyMem_Calloc(k + 1, 1);
     if (self->keep == NULL || self->vocabulary == NULL || self->unseen == NULL
-        || self->stamp == NULL) {
+        || self->stamp == NULL || self->plain == NULL) {
         Py_DECREF(seq);
         PyErr_NoMemory();
         return -1;
@@ -682,6 +702,13 @@ layout_init(Layout *self, PyObject *args, PyObject *kwargs)
                          name);
             Py_DECREF(seq);
             return -1;
+        }
+        self->plain[f] = n > 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            unsigned char c = (unsigned char)text[i];
+            if (c == '"' || c == '\\' || c < 0x20) {
+                self->plain[f] = 0;
+            }
         }
         int added = words_add(&self->features, text, n, column);
         if (added != 0) {

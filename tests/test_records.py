@@ -500,3 +500,38 @@ def test_with_a_reader_the_worker_offers_the_gil_every_eight_usual_samples(
         monitor.submit(Sample([b"{not json"]))
     monitor._extract_batch(16, [], [], [])
     assert len(offers) >= 16
+
+
+@compiled_only
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["n", "n1", "é", "n10", "m"],
+        ["n", 'q"uote', "back\\slash", "tab\tname", "n1"],
+        ["n", "back\\slash", "m", "p", "q"],
+    ],
+    ids=["plain", "escaped", "backslash"],
+)
+def test_keys_are_matched_exactly_whatever_the_names_hold(names: list[str]) -> None:
+    """The reader compares the key it expects next in place, for names with no quote,
+    backslash or control character; any other key is looked up after a scan. Keys that
+    extend, cut short or escape a name are not that name (and escapes are left to the
+    Python path: a name that JSON must escape is never read by the reader)."""
+    rows = [{name: float((i + j) % 5) for j, name in enumerate(names)} for i in range(300)]
+    baseline = Baseline.from_records(rows)
+    good = {name: 1.0 for name in names}
+    escaped = {"n1": "\\u006e1", "é": "\\u00e9"}
+    bodies = [
+        orjson.dumps(good),  # escaped where JSON must escape
+        orjson.dumps(dict(reversed(good.items()))),
+        orjson.dumps({name: 2.0 for name in names if name != names[1]}),
+        b"{" + b", ".join(b'"%s": 1' % escaped.get(n, n).encode() for n in good) + b"}",
+        b'{"n1x": 1}',
+        b'{"n": 1, "n": 2}',
+        b'{"n": 1, "back\\slash": 2, "m": 3}',  # not JSON: an escape \s
+        b'{"n',
+        b'{"',
+    ]
+    samples = [Sample([body], [], 200, [], []) for body in bodies for _ in range(3)]
+    read = _both(baseline, samples)
+    assert read == (6 if names[1] == "n1" else 0)  # the first two bodies, three times each
