@@ -1,6 +1,7 @@
-/* The numeric block's counts, compiled: what sidecar.engine.NumericBlock.add computes
- * with a dozen numpy calls and one `searchsorted` per feature, in one pass over the
- * (rows x features) array.
+/* A batch's counts, compiled: what sidecar.engine.NumericBlock.add computes with a
+ * dozen numpy calls and one `searchsorted` per feature, in one pass over the (rows x
+ * features) array (`count`); and what CategoricalChecker.add_slots does with a
+ * `bincount` per feature (`count_slots`).
  *
  * count(x, grid, starts, low, high, mean, buckets, counts, sums):
  *   x        float64 (n, k), C-contiguous, every value finite
@@ -174,16 +175,110 @@ done:
     return result;
 }
 
+/* count_slots(slots, sizes, counts, totals):
+ *   slots    int64 (n, c), C-contiguous: each value's slot in its feature's index
+ *   sizes    int64 (c): feature j's vocabulary size; its slots are 0..size - 1 (known
+ *            values), size (unseen), size + 1 (null), size + 2 (absent)
+ *   counts   a list of c int64 arrays of size + 1 (the windows' vocabulary counts):
+ *            counts[j][slot] += 1 for the known and unseen slots
+ *   totals   int64 (c, 3), added into: unseen, null and absent per feature
+ * A slot outside 0..size + 2 raises ValueError before anything is counted (numpy's
+ * bincount path raises too). */
+static PyObject *
+count_slots(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "count_slots(slots, sizes, counts, totals)");
+        return NULL;
+    }
+    Buffer b[3] = {{.held = 0}};
+    Buffer *feature_counts = NULL;
+    Py_ssize_t c = 0;
+    PyObject *result = NULL;
+    if (PyObject_GetBuffer(args[0], &b[0].view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_ND)
+        < 0) {
+        return NULL;
+    }
+    b[0].held = 1;
+    const char *f = b[0].view.format;
+    if (b[0].view.ndim != 2 || b[0].view.itemsize != 8 || f == NULL
+        || !((f[0] == 'l' || f[0] == 'q') && f[1] == 0)) {
+        PyErr_SetString(PyExc_ValueError, "count_slots(): slots must be a 2-d int64 array");
+        goto done;
+    }
+    Py_ssize_t n = b[0].view.shape[0];
+    c = b[0].view.shape[1];
+    if (hold(&b[1], args[1], "sizes", 'q', c, 0) < 0
+        || hold(&b[2], args[3], "totals", 'q', 3 * c, 1) < 0) {
+        goto done;
+    }
+    const int64_t *sizes = b[1].view.buf;
+    PyObject *list = args[2];
+    if (!PyList_CheckExact(list) || PyList_GET_SIZE(list) != c) {
+        PyErr_Format(PyExc_ValueError, "count_slots(): counts must be a list of %zd arrays", c);
+        goto done;
+    }
+    feature_counts = PyMem_Calloc(c > 0 ? c : 1, sizeof(Buffer));
+    if (feature_counts == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t j = 0; j < c; j++) {
+        if (sizes[j] < 0) {
+            PyErr_Format(PyExc_ValueError, "count_slots(): feature %zd's size is negative", j);
+            goto done;
+        }
+        if (hold(&feature_counts[j], PyList_GET_ITEM(list, j), "each of counts", 'q',
+                 sizes[j] + 1, 1)
+            < 0) {
+            goto done;
+        }
+    }
+    const int64_t *slots = b[0].view.buf;
+    for (Py_ssize_t i = 0; i < n * c; i++) {
+        int64_t slot = slots[i];
+        if (slot < 0 || slot > sizes[i % c] + 2) {
+            PyErr_Format(PyExc_ValueError, "count_slots(): slot %lld of feature %zd is out of "
+                         "range", (long long)slot, i % c);
+            goto done;
+        }
+    }
+    int64_t *totals = b[2].view.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const int64_t *row = slots + i * c;
+        for (Py_ssize_t j = 0; j < c; j++) {
+            int64_t slot = row[j], size = sizes[j];
+            if (slot <= size) {
+                ((int64_t *)feature_counts[j].view.buf)[slot] += 1;
+                totals[3 * j] += slot == size;
+            }
+            else {
+                totals[3 * j + (slot == size + 1 ? 1 : 2)] += 1;
+            }
+        }
+    }
+    result = Py_NewRef(Py_None);
+done:
+    release(b, 3);
+    if (feature_counts != NULL) {
+        release(feature_counts, c);
+        PyMem_Free(feature_counts);
+    }
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"count", (PyCFunction)(void (*)(void))count, METH_FASTCALL,
      "Add a (rows x features) float64 array's counts and sums (see the module doc)."},
+    {"count_slots", (PyCFunction)(void (*)(void))count_slots, METH_FASTCALL,
+     "Add a (rows x features) int64 array of category slots' counts (see above)."},
     {NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "sidecar._block",
-    .m_doc = "The numeric block's counts, compiled (see sidecar.engine.NumericBlock).",
+    .m_doc = "A batch's counts, compiled (see sidecar.engine: NumericBlock, check_columns).",
     .m_size = -1,
     .m_methods = methods,
 };

@@ -28,6 +28,7 @@ from .timestamps import Instant, TimestampStats, parse_epoch, parse_iso
 
 # NumericBlock's counts in one compiled pass (sidecar/_block.c), else numpy's calls.
 _count_block = compiled("_block", "count")
+_count_slots = compiled("_block", "count_slots")  # CategoricalChecker.add_slots, all at once
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -601,6 +602,7 @@ class Engine:
             for name, c in self.checkers.items()
             if isinstance(c, CategoricalChecker) and c.value_type == "string"
         }
+        self._category_sizes = np.array([c.size for c in self.categories.values()], np.int64)
 
     @property
     def takes_columns(self) -> bool:
@@ -660,8 +662,26 @@ class Engine:
                 for j, (name, number) in enumerate(self.numbers.items()):
                     number.add(numbers[:, j], features[name])
             pause()
-            for j, (name, category) in enumerate(self.categories.items()):
-                category.add_slots(slots[:, j], features[name])
+            if _count_slots is not None and self.categories:
+                self._add_slots_compiled(slots, features)
+            else:
+                for j, (name, category) in enumerate(self.categories.items()):
+                    category.add_slots(slots[:, j], features[name])
+
+    def _add_slots_compiled(self, slots: IntArray, features: Mapping[str, FeatureWindow]) -> None:
+        """Every categorical column's `add_slots` in one compiled pass (sidecar/_block.c):
+        the known and unseen slots counted straight into the windows' arrays."""
+        windows = [features[name] for name in self.categories]
+        totals = np.zeros((len(windows), 3), dtype=np.int64)
+        slots = np.ascontiguousarray(slots, dtype=np.int64)
+        counts = [w.vocabulary_counts for w in windows]
+        _count_slots(slots, self._category_sizes, counts, totals)
+        n = len(slots)
+        for window, (unseen, nulls, absent) in zip(windows, totals.tolist(), strict=True):
+            window.missing += nulls + absent
+            window.absent += absent
+            window.values += n - nulls - absent
+            window.unseen += unseen
 
     def _columns(
         self,

@@ -415,3 +415,36 @@ def test_the_compiled_block_refuses_arrays_of_the_wrong_shape(wide_baseline: Bas
         count(x, *args, np.empty((k, 4), np.int64), short, np.zeros((6, k)))
     with pytest.raises(ValueError, match="grid is out of bounds"):
         count(x, block.grid[:3], *args[1:], np.empty((k, 4), np.int64), counts, np.zeros((6, k)))
+
+
+@pytest.mark.skipif(engine_module._count_slots is None, reason="sidecar/_block.c not built")
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_the_compiled_slot_counts_are_add_slots_counts(data: st.DataObject) -> None:
+    rows = [{"c": "abcde"[i % 5], "d": "xy"[i % 2], "x": float(i)} for i in range(300)]
+    baseline = _baseline(rows)
+    engines = [Engine(baseline), Engine(baseline)]
+    sizes = engines[0]._category_sizes.tolist()
+    n = data.draw(st.integers(0, 40))
+    slots = np.array(
+        [[data.draw(st.integers(0, size + 2)) for size in sizes] for _ in range(n)],
+        dtype=np.int64,
+    ).reshape(n, len(sizes))
+    numbers = np.zeros((n, len(engines[0].numbers)))
+    for engine, count in zip(engines, (engine_module._count_slots, None), strict=True):
+        with mock.patch.object(engine_module, "_count_slots", count):
+            engine.check_columns(numbers, slots)
+    assert _snapshot(engines[0]) == _snapshot(engines[1])
+
+
+@pytest.mark.skipif(engine_module._count_slots is None, reason="sidecar/_block.c not built")
+def test_the_compiled_slot_count_refuses_a_slot_out_of_range_before_counting() -> None:
+    rows = [{"c": "abcde"[i % 5], "d": "xy"[i % 2], "x": float(i)} for i in range(300)]
+    engine = Engine(_baseline(rows))
+    before = _snapshot(engine)
+    sizes = engine._category_sizes.tolist()
+    for bad in (-1, sizes[-1] + 3):
+        slots = np.array([[0] * len(sizes), [*([0] * (len(sizes) - 1)), bad]], dtype=np.int64)
+        with pytest.raises(ValueError, match="out of range"):
+            engine._add_slots_compiled(slots, engine.window.features)
+        assert _snapshot(engine) == before
