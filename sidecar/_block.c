@@ -27,7 +27,8 @@ typedef struct {
     int held;
 } Buffer;
 
-/* A writable or read-only C-contiguous buffer of `count` items of `itemsize` bytes. */
+/* A writable or read-only C-contiguous buffer of `count` 8-byte items (any number when
+ * `count` is negative: the caller checks it). */
 static int
 hold(Buffer *b, PyObject *o, const char *name, char format, Py_ssize_t count, int writable)
 {
@@ -37,18 +38,44 @@ hold(Buffer *b, PyObject *o, const char *name, char format, Py_ssize_t count, in
     }
     b->held = 1;
     const char *f = b->view.format ? b->view.format : "B";
-    if (f[0] == '<' || f[0] == '=' || f[0] == '@') {
-        f++;
+    if (f[0] == '@') {
+        f++; /* native order only: the counts are read and written as this machine's */
     }
     Py_ssize_t itemsize = 8;
     int format_ok = format == 'd' ? f[0] == 'd' && f[1] == 0
                                   : (f[0] == 'q' || f[0] == 'l') && f[1] == 0;
-    if (!format_ok || b->view.itemsize != itemsize || b->view.len != count * itemsize) {
+    if (!format_ok || b->view.itemsize != itemsize
+        || (count >= 0 && b->view.len != count * itemsize)) {
         PyErr_Format(PyExc_ValueError, "count(): %s must hold %zd %s", name, count,
                      format == 'd' ? "float64 values" : "int64 values");
         return -1;
     }
     return 0;
+}
+
+/* The list's items, held: taking a buffer may run Python code (__buffer__, from 3.12)
+ * that changes the list. A new tuple, or NULL with ValueError set. */
+static PyObject *
+items_of(PyObject *list, Py_ssize_t n, const char *function)
+{
+    if (!PyList_CheckExact(list) || PyList_GET_SIZE(list) != n) {
+        PyErr_Format(PyExc_ValueError, "%s(): counts must be a list of %zd arrays", function, n);
+        return NULL;
+    }
+    return PyList_AsTuple(list);
+}
+
+/* A private copy of an int64 buffer's n values: what was checked cannot change after. */
+static int64_t *
+copied(const Buffer *b, Py_ssize_t n)
+{
+    int64_t *copy = PyMem_Malloc((n > 0 ? n : 1) * sizeof(int64_t));
+    if (copy == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    memcpy(copy, b->view.buf, n * sizeof(int64_t));
+    return copy;
 }
 
 static void
@@ -71,6 +98,8 @@ count(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     Buffer b[8] = {{.held = 0}};
     Buffer *feature_counts = NULL;
+    PyObject *items = NULL;
+    int64_t *starts = NULL;
     Py_ssize_t k = 0;
     PyObject *result = NULL;
     /* x's shape gives n and k; the others are checked against them. */
@@ -86,11 +115,14 @@ count(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_ssize_t n = b[0].view.shape[0];
     k = b[0].view.shape[1];
+    if (k > PY_SSIZE_T_MAX / 64 - 1 || (n > 0 && k > PY_SSIZE_T_MAX / 64 / n)) {
+        PyErr_SetString(PyExc_ValueError, "count(): x is too large");
+        goto done;
+    }
     if (PyObject_GetBuffer(args[1], &b[1].view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
         goto done;
     }
     b[1].held = 1;
-    Py_ssize_t grid_size = b[1].view.len / 8;
     if (b[1].view.itemsize != 8 || b[1].view.format == NULL || strcmp(b[1].view.format, "d")) {
         PyErr_SetString(PyExc_ValueError, "count(): grid must be float64");
         goto done;
@@ -103,28 +135,34 @@ count(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         || hold(&b[7], args[8], "sums", 'd', 6 * k, 1) < 0) {
         goto done;
     }
-    const int64_t *starts = b[2].view.buf;
+    items = items_of(args[7], k, "count");
+    feature_counts = items == NULL ? NULL : PyMem_Calloc(k > 0 ? k : 1, sizeof(Buffer));
+    if (feature_counts == NULL) {
+        if (items != NULL) {
+            PyErr_NoMemory();
+        }
+        goto done;
+    }
+    for (Py_ssize_t j = 0; j < k; j++) {
+        if (hold(&feature_counts[j], PyTuple_GET_ITEM(items, j), "each of counts", 'q', -1, 1)
+            < 0) {
+            goto done;
+        }
+    }
+    /* Every buffer is held: now the bounds, on a copy no other buffer can write to. */
+    starts = copied(&b[2], k + 1);
+    if (starts == NULL) {
+        goto done;
+    }
+    Py_ssize_t grid_size = b[1].view.len / 8;
     for (Py_ssize_t j = 0; j < k; j++) {
         if (starts[j] < 0 || starts[j] > starts[j + 1] || starts[j + 1] > grid_size) {
             PyErr_Format(PyExc_ValueError, "count(): feature %zd's grid is out of bounds", j);
             goto done;
         }
-    }
-    PyObject *list = args[7];
-    if (!PyList_CheckExact(list) || PyList_GET_SIZE(list) != k) {
-        PyErr_Format(PyExc_ValueError, "count(): counts must be a list of %zd arrays", k);
-        goto done;
-    }
-    feature_counts = PyMem_Calloc(k > 0 ? k : 1, sizeof(Buffer));
-    if (feature_counts == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (Py_ssize_t j = 0; j < k; j++) {
-        /* The list is the caller's: each item held while counting. */
-        if (hold(&feature_counts[j], PyList_GET_ITEM(list, j), "each of counts", 'q',
-                 starts[j + 1] - starts[j] + 1, 1)
-            < 0) {
+        if (feature_counts[j].view.len != (starts[j + 1] - starts[j] + 1) * 8) {
+            PyErr_Format(PyExc_ValueError, "count(): each of counts must hold its grid's "
+                         "length + 1 int64 values (feature %zd)", j);
             goto done;
         }
     }
@@ -172,6 +210,8 @@ done:
         release(feature_counts, k);
         PyMem_Free(feature_counts);
     }
+    PyMem_Free(starts);
+    Py_XDECREF(items);
     return result;
 }
 
@@ -193,6 +233,8 @@ count_slots(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     Buffer b[3] = {{.held = 0}};
     Buffer *feature_counts = NULL;
+    PyObject *items = NULL;
+    int64_t *sizes = NULL;
     Py_ssize_t c = 0;
     PyObject *result = NULL;
     if (PyObject_GetBuffer(args[0], &b[0].view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_ND)
@@ -212,25 +254,34 @@ count_slots(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         || hold(&b[2], args[3], "totals", 'q', 3 * c, 1) < 0) {
         goto done;
     }
-    const int64_t *sizes = b[1].view.buf;
-    PyObject *list = args[2];
-    if (!PyList_CheckExact(list) || PyList_GET_SIZE(list) != c) {
-        PyErr_Format(PyExc_ValueError, "count_slots(): counts must be a list of %zd arrays", c);
-        goto done;
-    }
-    feature_counts = PyMem_Calloc(c > 0 ? c : 1, sizeof(Buffer));
+    items = items_of(args[2], c, "count_slots");
+    feature_counts = items == NULL ? NULL : PyMem_Calloc(c > 0 ? c : 1, sizeof(Buffer));
     if (feature_counts == NULL) {
-        PyErr_NoMemory();
+        if (items != NULL) {
+            PyErr_NoMemory();
+        }
         goto done;
     }
     for (Py_ssize_t j = 0; j < c; j++) {
-        if (sizes[j] < 0) {
-            PyErr_Format(PyExc_ValueError, "count_slots(): feature %zd's size is negative", j);
+        if (hold(&feature_counts[j], PyTuple_GET_ITEM(items, j), "each of counts", 'q', -1, 1)
+            < 0) {
             goto done;
         }
-        if (hold(&feature_counts[j], PyList_GET_ITEM(list, j), "each of counts", 'q',
-                 sizes[j] + 1, 1)
-            < 0) {
+    }
+    /* Every buffer is held: now the bounds, on a copy no other buffer can write to. */
+    sizes = copied(&b[1], c);
+    if (sizes == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t j = 0; j < c; j++) {
+        if (sizes[j] < 0 || sizes[j] > PY_SSIZE_T_MAX / 16) {
+            PyErr_Format(PyExc_ValueError, "count_slots(): feature %zd's size is out of range",
+                         j);
+            goto done;
+        }
+        if (feature_counts[j].view.len != (sizes[j] + 1) * 8) {
+            PyErr_Format(PyExc_ValueError, "count_slots(): each of counts must hold its "
+                         "vocabulary's size + 1 int64 values (feature %zd)", j);
             goto done;
         }
     }
@@ -264,6 +315,8 @@ done:
         release(feature_counts, c);
         PyMem_Free(feature_counts);
     }
+    PyMem_Free(sizes);
+    Py_XDECREF(items);
     return result;
 }
 

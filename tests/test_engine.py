@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from typing import Any
 from unittest import mock
 
@@ -448,3 +449,34 @@ def test_the_compiled_slot_count_refuses_a_slot_out_of_range_before_counting() -
         with pytest.raises(ValueError, match="out of range"):
             engine._add_slots_compiled(slots, engine.window.features)
         assert _snapshot(engine) == before
+
+
+@pytest.mark.skipif(engine_module._count_block is None, reason="sidecar/_block.c not built")
+def test_the_compiled_block_checks_bounds_on_what_no_buffer_can_change() -> None:
+    """The bounds are checked on a copy of `starts` once every buffer is held: a counts
+    array that is `starts` itself, or (from Python 3.12) a buffer whose __buffer__
+    rewrites `starts` or empties the list, cannot move them."""
+    count = engine_module._count_block
+    x = np.full((3, 1), 0.5)
+    grid = np.array([0.0, 1.0, 2.0, 3.0])
+    alias = np.zeros(5, np.int64)
+    alias[1] = 4  # feature 0's grid: all four values; its counts: alias (five slots)
+    args = (x, grid, alias[:2], np.zeros(1), np.ones(1), np.zeros(1), np.empty((1, 3), np.int64))
+    count(*args, [alias], np.zeros((6, 1)))
+    assert alias.tolist() == [0, 7, 0, 0, 0]  # three values in bucket 1, written in place
+    with pytest.raises(ValueError, match="out of bounds"):
+        count(*args, [alias], np.zeros((6, 1)))  # starts now says 7 > the grid's 4
+    if sys.version_info < (3, 12):
+        return
+    starts = np.array([0, 4], np.int64)
+    counts: list[Any] = []
+
+    class Rewrites:
+        def __buffer__(self, flags: int) -> memoryview:
+            starts[1] = 5_000_000
+            counts.clear()
+            return memoryview(np.zeros(5, np.int64))
+
+    counts.append(Rewrites())
+    with pytest.raises(ValueError, match="out of bounds"):
+        count(x, grid, starts, *args[3:], counts, np.zeros((6, 1)))
