@@ -480,3 +480,16 @@ def test_the_compiled_block_checks_bounds_on_what_no_buffer_can_change() -> None
     counts.append(Rewrites())
     with pytest.raises(ValueError, match="out of bounds"):
         count(x, grid, starts, *args[3:], counts, np.zeros((6, 1)))
+
+
+def test_an_empty_batch_counts_nothing_on_either_path(wide_baseline: Baseline) -> None:
+    """The worker checks an empty batch when the reader fails (its `empty()` arrays)."""
+    snapshots = []
+    for count in (engine_module._count_block, None):
+        engine = Engine(wide_baseline)
+        block = engine.block
+        assert block is not None
+        with mock.patch.object(engine_module, "_count_block", count):
+            block.add(np.empty((0, len(block.names))), engine.window.features)
+        snapshots.append(_snapshot(engine))
+    assert snapshots[0] == snapshots[1] == _snapshot(Engine(wide_baseline))

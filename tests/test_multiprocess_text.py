@@ -45,13 +45,13 @@ from tests.asgi import request
 
 
 def _running_pids() -> tuple[int, int, int]:
-    """Three distinct running processes: this one, its parent and init; or, when the
-    parent is init (the suite run detached, under setsid or nohup), another running
-    one. Two "processes" with one pid would share a file, and two writers corrupt it."""
-    pids = [os.getpid(), os.getppid(), 1]
-    if len(set(pids)) < 3:
-        others = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
-        pids = [os.getpid(), 1, next(p for p in others if p not in (os.getpid(), 1))]
+    """Three distinct running processes: this one, its parent and init, or others
+    running when those coincide (the suite run detached, under setsid or nohup, has
+    init for a parent; run as pid 1 in a container, no parent). Two "processes" with
+    one pid would share a file, and two writers corrupt it."""
+    pids = list(dict.fromkeys(p for p in (os.getpid(), os.getppid(), 1) if p > 0))
+    running = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+    pids += [p for p in running if p not in pids][: 3 - len(pids)]
     return pids[0], pids[1], pids[2]
 
 

@@ -388,7 +388,7 @@ def test_a_receive_written_as_a_generator_coroutine_is_awaited(baseline: Baselin
     assert queued(mw) == [((BODY,), 200)]
 
 
-@pytest.mark.parametrize("limit", [float("inf"), 2**70, 1000.5, 8])
+@pytest.mark.parametrize("limit", [float("inf"), 2**70, 1000.5, 8, 7.5, 7, -(2**70)])
 def test_a_body_limit_of_any_number_compares_as_the_number(
     baseline: Baseline, limit: float
 ) -> None:
@@ -430,4 +430,26 @@ def test_a_response_start_whose_headers_cannot_be_read_keeps_its_status(
     mw = tapped(baseline, app)
     asyncio.run(mw(scope(), receive, _ignore))
     assert queued(mw) == [((BODY,), 201)]
+    assert mw.monitor.counts.errors == {"worker": 1}
+
+
+def test_a_tap_that_cannot_be_built_is_counted_and_the_app_runs_untapped(
+    baseline: Baseline,
+) -> None:
+    """A scope without headers (not ASGI, but a server's bug must not become the
+    app's): counted once as a worker error, the app called once, nothing queued."""
+    calls: list[Message] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        calls.append(await receive())
+        await reply(send)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": BODY}
+
+    mw = tapped(baseline, app)
+    bare = {"type": "http", "method": "POST", "path": "/predict"}
+    asyncio.run(mw(bare, receive, _ignore))
+    assert calls == [{"type": "http.request", "body": BODY}]
+    assert queued(mw) == []
     assert mw.monitor.counts.errors == {"worker": 1}
