@@ -221,54 +221,14 @@ class NumericBlock:
         return True
 
     def add(self, x: FloatArray, windows: Mapping[str, FeatureWindow]) -> None:
-        """Count a (rows x features) array of finite values, columns in `names` order."""
-        if _count_block is not None:
-            self._add_compiled(x, windows)
-            return
-        n, k = x.shape
-        below, above = x < self.min, x > self.max
-        low, high = below.sum(axis=0).tolist(), above.sum(axis=0).tolist()
-        below_sum = np.where(below, self.min - x, 0.0).sum(axis=0).tolist() if any(low) else None
-        above_sum = np.where(above, x - self.max, 0.0).sum(axis=0).tolist() if any(high) else None
-        dev = x - self.mean
-        sum_dev = dev.sum(axis=0).tolist()
-        sumsq_dev = np.einsum("ij,ij->j", dev, dev).tolist()
-        columns = x.T.copy()  # contiguous rows of one feature for the bucket search
-        # The method, not np.searchsorted: its dispatch costs as much as a short search.
-        buckets = np.array(
-            [c.grid.searchsorted(col) for c, col in zip(self.checkers, columns, strict=True)]
-        )
-        counts = np.bincount((buckets + self.offsets).ravel(), minlength=k * self.width)
-        grid_counts = counts.reshape(k, self.width)
-        for j, name in enumerate(self.names):
-            window = windows[name]
-            window.values += n
-            window.finite += n
-            if low[j]:
-                window.low += low[j]
-                window.below_sum += below_sum[j]  # type: ignore[index]
-            if high[j]:
-                window.high += high[j]
-                window.above_sum += above_sum[j]  # type: ignore[index]
-            window.sum_dev += sum_dev[j]
-            window.sumsq_dev += sumsq_dev[j]
-            window.grid_counts += grid_counts[j, : self.buckets[j]]
-        for j in self.discrete:
-            self.checkers[j].count_bins(buckets[j], columns[j], windows[self.names[j]])
-
-    def _add_compiled(self, x: FloatArray, windows: Mapping[str, FeatureWindow]) -> None:
-        """`add` with sidecar/_block.c's one pass for the counts and sums: the grid
-        counts go straight into the windows' arrays."""
+        """Count a (rows x features) array of finite values, columns in `names` order:
+        the grid counts into the windows' arrays, then the sums folded in."""
         x = np.ascontiguousarray(x, dtype=np.float64)
-        n, k = x.shape
-        buckets = np.empty((k, n), dtype=np.int64)
-        sums = np.zeros((6, k), dtype=np.float64)
         features = [windows[name] for name in self.names]
-        counts = [w.grid_counts for w in features]
-        _count_block(
-            x, self.grid, self.starts, self.min, self.max, self.mean, buckets, counts, sums
-        )
-        low, high, below_sum, above_sum, sum_dev, sumsq_dev = sums.tolist()
+        count = self._count_numpy if _count_block is None else self._count_compiled
+        buckets, sums = count(x, features)
+        n = len(x)
+        low, high, below_sum, above_sum, sum_dev, sumsq_dev = sums
         for j, window in enumerate(features):
             window.values += n
             window.finite += n
@@ -282,6 +242,52 @@ class NumericBlock:
             window.sumsq_dev += sumsq_dev[j]
         for j in self.discrete:
             self.checkers[j].count_bins(buckets[j], x[:, j], features[j])
+
+    def _count_compiled(
+        self, x: FloatArray, features: list[FeatureWindow]
+    ) -> tuple[IntArray, list[list[float]]]:
+        """sidecar/_block.c's one pass: (buckets per feature, the six sums per feature)."""
+        n, k = x.shape
+        buckets = np.empty((k, n), dtype=np.int64)
+        sums = np.zeros((6, k), dtype=np.float64)
+        counts = [w.grid_counts for w in features]
+        _count_block(
+            x, self.grid, self.starts, self.min, self.max, self.mean, buckets, counts, sums
+        )
+        return buckets, sums.tolist()
+
+    def _count_numpy(
+        self, x: FloatArray, features: list[FeatureWindow]
+    ) -> tuple[IntArray, list[list[float]]]:
+        """The same with numpy, where the extension was not built."""
+        n, k = x.shape
+        below, above = x < self.min, x > self.max
+        low, high = below.sum(axis=0).tolist(), above.sum(axis=0).tolist()
+        zeros = [0.0] * k
+        below_sum = np.where(below, self.min - x, 0.0).sum(axis=0).tolist() if any(low) else zeros
+        above_sum = np.where(above, x - self.max, 0.0).sum(axis=0).tolist() if any(high) else zeros
+        dev = x - self.mean
+        sum_dev = dev.sum(axis=0).tolist()
+        sumsq_dev = np.einsum("ij,ij->j", dev, dev).tolist()
+        columns = x.T.copy()  # contiguous rows of one feature for the bucket search
+        # The method, not np.searchsorted: its dispatch costs as much as a short search.
+        buckets = np.array(
+            [c.grid.searchsorted(col) for c, col in zip(self.checkers, columns, strict=True)]
+        ).reshape(k, n)
+        counts = np.bincount((buckets + self.offsets).ravel(), minlength=k * self.width)
+        grid_counts = counts.reshape(k, self.width)
+        for j, window in enumerate(features):
+            window.grid_counts += grid_counts[j, : self.buckets[j]]
+        return buckets, [low, high, below_sum, above_sum, sum_dev, sumsq_dev]
+
+
+def fold_slots(window: FeatureWindow, n: int, unseen: int, nulls: int, absent: int) -> None:
+    """A categorical window's totals for n slots counted, of which these were unseen,
+    null and absent (the vocabulary counts are added by the caller)."""
+    window.missing += nulls + absent
+    window.absent += absent
+    window.values += n - nulls - absent
+    window.unseen += unseen
 
 
 class CategoricalChecker:
@@ -326,10 +332,7 @@ class CategoricalChecker:
         counts = np.bincount(slots, minlength=self.size + 3)
         # Python ints in one call: numpy scalars cost more than the counting.
         unseen, nulls, absent = counts[self.size :].tolist()
-        window.missing += nulls + absent
-        window.absent += absent
-        window.values += len(slots) - nulls - absent
-        window.unseen += unseen
+        fold_slots(window, len(slots), unseen, nulls, absent)
         window.vocabulary_counts += counts[: self.size + 1]
 
     def _keys(self, column: Sequence[Any], kinds: set[type], window: FeatureWindow) -> list[Any]:
@@ -676,12 +679,8 @@ class Engine:
         slots = np.ascontiguousarray(slots, dtype=np.int64)
         counts = [w.vocabulary_counts for w in windows]
         _count_slots(slots, self._category_sizes, counts, totals)
-        n = len(slots)
         for window, (unseen, nulls, absent) in zip(windows, totals.tolist(), strict=True):
-            window.missing += nulls + absent
-            window.absent += absent
-            window.values += n - nulls - absent
-            window.unseen += unseen
+            fold_slots(window, len(slots), unseen, nulls, absent)
 
     def _columns(
         self,
