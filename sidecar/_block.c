@@ -53,18 +53,6 @@ hold(Buffer *b, PyObject *o, const char *name, char format, Py_ssize_t count, in
     return 0;
 }
 
-/* The list's items, held: taking a buffer may run Python code (__buffer__, from 3.12)
- * that changes the list. A new tuple, or NULL with ValueError set. */
-static PyObject *
-items_of(PyObject *list, Py_ssize_t n, const char *function)
-{
-    if (!PyList_CheckExact(list) || PyList_GET_SIZE(list) != n) {
-        PyErr_Format(PyExc_ValueError, "%s(): counts must be a list of %zd arrays", function, n);
-        return NULL;
-    }
-    return PyList_AsTuple(list);
-}
-
 /* A private copy of an int64 buffer's n values: what was checked cannot change after. */
 static int64_t *
 copied(const Buffer *b, Py_ssize_t n)
@@ -86,6 +74,37 @@ release(Buffer *b, Py_ssize_t n)
             PyBuffer_Release(&b[i].view);
         }
     }
+}
+
+/* Every array of the list `counts` held, writable, as an int64 buffer of any length
+ * (the caller checks each length once the bounds are copied). The list's items are
+ * held through a tuple (*items): taking a buffer may run Python code (__buffer__, from
+ * 3.12) that changes the list. Returns the n buffers, or NULL with an exception set;
+ * release them with release(buffers, n) and PyMem_Free. */
+static Buffer *
+hold_each(PyObject *counts, Py_ssize_t n, const char *function, PyObject **items)
+{
+    if (!PyList_CheckExact(counts) || PyList_GET_SIZE(counts) != n) {
+        PyErr_Format(PyExc_ValueError, "%s(): counts must be a list of %zd arrays", function, n);
+        return NULL;
+    }
+    *items = PyList_AsTuple(counts);
+    if (*items == NULL) {
+        return NULL;
+    }
+    Buffer *held = PyMem_Calloc(n > 0 ? n : 1, sizeof(Buffer));
+    if (held == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t j = 0; j < n; j++) {
+        if (hold(&held[j], PyTuple_GET_ITEM(*items, j), "each of counts", 'q', -1, 1) < 0) {
+            release(held, j + 1);
+            PyMem_Free(held);
+            return NULL;
+        }
+    }
+    return held;
 }
 
 static PyObject *
@@ -135,19 +154,9 @@ count(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         || hold(&b[7], args[8], "sums", 'd', 6 * k, 1) < 0) {
         goto done;
     }
-    items = items_of(args[7], k, "count");
-    feature_counts = items == NULL ? NULL : PyMem_Calloc(k > 0 ? k : 1, sizeof(Buffer));
+    feature_counts = hold_each(args[7], k, "count", &items);
     if (feature_counts == NULL) {
-        if (items != NULL) {
-            PyErr_NoMemory();
-        }
         goto done;
-    }
-    for (Py_ssize_t j = 0; j < k; j++) {
-        if (hold(&feature_counts[j], PyTuple_GET_ITEM(items, j), "each of counts", 'q', -1, 1)
-            < 0) {
-            goto done;
-        }
     }
     /* Every buffer is held: now the bounds, on a copy no other buffer can write to. */
     starts = copied(&b[2], k + 1);
@@ -254,19 +263,9 @@ count_slots(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         || hold(&b[2], args[3], "totals", 'q', 3 * c, 1) < 0) {
         goto done;
     }
-    items = items_of(args[2], c, "count_slots");
-    feature_counts = items == NULL ? NULL : PyMem_Calloc(c > 0 ? c : 1, sizeof(Buffer));
+    feature_counts = hold_each(args[2], c, "count_slots", &items);
     if (feature_counts == NULL) {
-        if (items != NULL) {
-            PyErr_NoMemory();
-        }
         goto done;
-    }
-    for (Py_ssize_t j = 0; j < c; j++) {
-        if (hold(&feature_counts[j], PyTuple_GET_ITEM(items, j), "each of counts", 'q', -1, 1)
-            < 0) {
-            goto done;
-        }
     }
     /* Every buffer is held: now the bounds, on a copy no other buffer can write to. */
     sizes = copied(&b[1], c);
