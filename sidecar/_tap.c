@@ -835,20 +835,9 @@ tap_dealloc(Tap *self)
     Py_DECREF(type);
 }
 
-static PyObject *
-tap_get_finished(Tap *self, void *closure)
-{
-    return PyBool_FromLong(self->finished);
-}
-
 static PyMethodDef tap_methods[] = {
     {"receive", (PyCFunction)tap_receive, METH_NOARGS, "The server's receive, looked at."},
     {"send", (PyCFunction)tap_send, METH_O, "Look at the message; the server's send(message)."},
-    {NULL},
-};
-
-static PyGetSetDef tap_getset[] = {
-    {"finished", (getter)tap_get_finished, NULL, "the sample was queued or its drop counted", NULL},
     {NULL},
 };
 
@@ -856,7 +845,6 @@ static PyType_Slot tap_slots[] = {
     {Py_tp_doc, "A sampled request's tap, compiled (see sidecar.middleware._Tap)."},
     {Py_tp_new, tap_new},
     {Py_tp_methods, tap_methods},
-    {Py_tp_getset, tap_getset},
     {Py_tp_traverse, tap_traverse},
     {Py_tp_clear, tap_clear},
     {Py_tp_dealloc, tap_dealloc},
