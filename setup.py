@@ -9,5 +9,6 @@ setup(
         Extension("sidecar._records", ["sidecar/_records.c"], optional=True),
         Extension("sidecar._tap", ["sidecar/_tap.c"], optional=True),
         Extension("sidecar._block", ["sidecar/_block.c"], optional=True),
+        Extension("sidecar._sampling", ["sidecar/_sampling.c"], optional=True),
     ]
 )

@@ -1,5 +1,6 @@
-"""The optional compiled parts (sidecar/_gate.c, _records.c, _tap.c, _block.c): each is
-used where the install could build it, else the same work runs in Python.
+"""The optional compiled parts (sidecar/_gate.c, _records.c, _tap.c, _block.c and
+_sampling.c): each is used where the install could build it, else the same work runs
+in Python.
 
 `SKEW_SIDECAR_PURE_PYTHON=1` in the environment selects Python even where they were
 built (the tests run both ways).

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .compiled import compiled
+
 NEVER = 1 << 62  # the gap for sample_rate 0: no request is ever sampled
-GAPS_AHEAD = 64  # geometric gaps drawn in one numpy call
+GAPS_AHEAD = 256  # geometric gaps drawn in one numpy call
 ESTIMATE_SECONDS = 1.0  # how often the thinning is re-estimated
 OVERLOAD_ESTIMATE_SECONDS = 0.1  # sooner when the bucket refuses: traffic rose
 
@@ -52,8 +55,25 @@ class TokenBucket:
         return False
 
 
-class Sampler:
-    """Geometric gaps between samples; `take()` runs once per gap, never per request."""
+class PythonSampler:
+    """Geometric gaps between samples; `take()` runs once per gap, never per request.
+
+    The compiled `Sampler` (sidecar/_sampling.c) has this class as a base and replaces
+    `take()` and `_draw()` with C; the state below lives in its struct, and the rare
+    steps (`_count_thinned`, `_estimate`, `_draw_ahead`) stay here for both."""
+
+    countdown: int
+    rate_limited: int
+    thinning: float
+    max_per_second: float
+    clock: Callable[[], float]
+    _gap: int
+    _drawn: int
+    _gaps: list[int]
+    _estimated_at: float
+    _tokens: float
+    _filled_at: float
+    _capacity: float
 
     def __init__(
         self,
@@ -76,11 +96,13 @@ class Sampler:
         self.thinning = 1.0  # the share of selected requests the cap lets through
         self.rate_limited = 0
         self._drawn = 0  # requests covered by the gaps drawn so far
-        self._bucket = TokenBucket(max_per_second, clock)
-        self._estimated_at = clock()
+        self._gap = 0
+        # The cap's token bucket (as TokenBucket, inline: one object and call fewer).
+        self._capacity = self._tokens = max(1.0, max_per_second)
+        self._estimated_at = self._filled_at = clock()
         self._requests_at_estimate = 0
         self._p = rate  # the gaps' law: a request is selected with probability p
-        self._gaps: list[int] = []  # gaps drawn ahead for p, taken from the end
+        self._gaps = []  # gaps drawn ahead for p, taken from the end
         self.countdown = self._draw()
 
     @property
@@ -101,8 +123,15 @@ class Sampler:
         now = self.clock()
         if now - self._estimated_at >= ESTIMATE_SECONDS:
             self._estimate(now)
-        taken = self._bucket.take(now)
-        if not taken:
+        tokens = self._tokens + (now - self._filled_at) * self.max_per_second
+        if tokens > self._capacity:
+            tokens = self._capacity
+        self._filled_at = now
+        taken = tokens >= 1.0
+        if taken:
+            self._tokens = tokens - 1.0
+        else:
+            self._tokens = tokens
             self.rate_limited += 1
             if now - self._estimated_at >= OVERLOAD_ESTIMATE_SECONDS:
                 self._estimate(now)
@@ -152,3 +181,11 @@ class Sampler:
         gap: int = gaps.pop()
         self._gaps = gaps
         return gap
+
+
+if TYPE_CHECKING:
+    Sampler = PythonSampler
+else:
+    _core = compiled("_sampling", "SamplerCore")
+    Sampler = PythonSampler if _core is None else type("Sampler", (_core, PythonSampler), {})
+COMPILED = Sampler is not PythonSampler

@@ -37,13 +37,14 @@ import pytest
 from tests.tools import required
 
 REPO = Path(__file__).resolve().parent.parent
-EXTENSIONS = ("_gate", "_records", "_tap", "_block")
+EXTENSIONS = ("_gate", "_records", "_tap", "_block", "_sampling")
 VERSIONS = ("3.10", "3.13")
 VERSION_TESTS = (
     "test_engine.py",
     "test_gate.py",
     "test_records.py",
     "test_middleware.py",
+    "test_sampling_compiled.py",
     "test_tap_awaiting.py",
     "test_worker.py",
 )
@@ -55,6 +56,7 @@ SANITIZED_TESTS = (
     "test_records.py",
     "test_middleware.py",
     "test_hostile.py",
+    "test_sampling_compiled.py",
     "test_tap_awaiting.py",
 )
 # Runs the middleware tests again in pure Python: nothing compiled to sanitize.

@@ -21,6 +21,7 @@ from starlette.types import Message, Receive, Scope, Send
 from sidecar import Baseline
 from sidecar.gate import COMPILED, PURE_PYTHON_ENV, pure_python_requested
 from sidecar.middleware import SkewMiddleware
+from sidecar.sampling import PythonSampler
 from tests.asgi import request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,6 +118,14 @@ def test_the_rate_cap_still_decides_sampled_requests(baseline: Baseline) -> None
     assert sampler.rate_limited == 30
 
 
+def python_sampler(mw: SkewMiddleware) -> PythonSampler:
+    """The Python sampler in place of the default target's, whose countdown may be set
+    to values the compiled one cannot hold."""
+    sampler = PythonSampler(0.0, 1.0)
+    mw.targets["default"].sampler = mw.monitor.sampler = sampler
+    return sampler
+
+
 @pytest.mark.parametrize(
     "odd",
     ["scope is a dict subclass", "path is not a str", "methods is a list", "huge countdown"],
@@ -135,7 +144,7 @@ def test_what_the_compiled_gate_does_not_expect_goes_the_python_way(
     elif odd == "methods is a list":
         mw.methods = ["POST"]
     else:
-        mw.targets["default"].sampler.countdown = 1 << 70
+        python_sampler(mw).countdown = 1 << 70  # the compiled sampler's is 64 bits
 
     async def one() -> None:
         await mw(given, receive, send)
@@ -161,8 +170,8 @@ def test_the_request_whose_countdown_reaches_zero_is_sampled(
 ) -> None:
     mw = middleware(baseline, sample_rate=0.0)
     run(mw, 1)  # routes the path
-    sampler = mw.targets["default"].sampler
-    sampler.countdown = countdown
+    sampler = python_sampler(mw)  # any countdown; and _draw is looked up in Python
+    sampler.countdown = countdown  # type: ignore[assignment]
     sampler._gap = 1  # what the sampler counts as this gap's requests when it ends
     sampler._draw = lambda: 1 << 62  # then never again
     run(mw, 1)
