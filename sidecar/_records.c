@@ -555,6 +555,147 @@ layout_read(Layout *self, PyObject *const *args, Py_ssize_t nargs)
     return left;
 }
 
+/* -- responses: `{"predictions": [x]}` ------------------------------------------ */
+
+/* Whether headers say the body is sent as it is (the worker's `_identity`): no
+ * Content-Encoding, or an empty one, at the first such header. 1, 0, or -1 for headers
+ * not as servers send them (a tuple or list of (bytes, bytes) pairs): the Python
+ * path's. */
+static int
+identity(PyObject *headers)
+{
+    if (!PyTuple_CheckExact(headers) && !PyList_CheckExact(headers)) {
+        return -1;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(headers);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(headers, i);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            return -1;
+        }
+        PyObject *key = PyTuple_GET_ITEM(pair, 0), *value = PyTuple_GET_ITEM(pair, 1);
+        if (!PyBytes_CheckExact(key) || !PyBytes_CheckExact(value)) {
+            return -1;
+        }
+        if (PyBytes_GET_SIZE(key) == 16
+            && PyOS_strnicmp(PyBytes_AS_STRING(key), "content-encoding", 16) == 0) {
+            return PyBytes_GET_SIZE(value) == 0;
+        }
+    }
+    return 1;
+}
+
+/* The bytes from p to end as `{"predictions": [x]}`, x into *value: 1; else 0 (the
+ * Python path's). x is a finite JSON number; an integer of at most 15 digits, which the
+ * worker's Python path takes into the column too (it takes ints up to 2**53 exactly). */
+static int
+read_prediction(const unsigned char *p, const unsigned char *end, double *value)
+{
+    static const char key[] = "\"predictions\"";
+    p = skip_space(p);
+    if (*p++ != '{') {
+        return 0;
+    }
+    p = skip_space(p);
+    if (strncmp((const char *)p, key, sizeof(key) - 1) != 0) { /* stops at the NUL */
+        return 0;
+    }
+    p = skip_space(p + sizeof(key) - 1);
+    if (*p++ != ':') {
+        return 0;
+    }
+    p = skip_space(p);
+    if (*p++ != '[') {
+        return 0;
+    }
+    const unsigned char *number = p = skip_space(p);
+    double v;
+    p = read_number(p, &v);
+    if (p == NULL || !isfinite(v)) {
+        return 0;
+    }
+    if (strcspn((const char *)number, ".eE") >= (size_t)(p - number)) {
+        /* An integer: Python's int (-0 is 0), exact as a double: below 10**15. */
+        if (p - number - (*number == '-') > 15) {
+            return 0;
+        }
+        v = v == 0.0 ? 0.0 : v;
+    }
+    p = skip_space(p);
+    if (*p++ != ']') {
+        return 0;
+    }
+    p = skip_space(p);
+    if (*p++ != '}') {
+        return 0;
+    }
+    if (skip_space(p) != end) {
+        return 0;
+    }
+    *value = v;
+    return 1;
+}
+
+static PyObject *
+read_predictions(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "read_predictions(bodies, headers, out)");
+        return NULL;
+    }
+    PyObject *bodies = PySequence_Fast(args[0], "read_predictions: bodies must be a sequence");
+    if (bodies == NULL) {
+        return NULL;
+    }
+    PyObject *headers = PySequence_Fast(args[1], "read_predictions: headers must be a sequence");
+    if (headers == NULL) {
+        Py_DECREF(bodies);
+        return NULL;
+    }
+    Py_buffer out;
+    if (matrix(args[2], &out, "out", 1, 1) < 0) {
+        Py_DECREF(headers);
+        Py_DECREF(bodies);
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(bodies);
+    if (PySequence_Fast_GET_SIZE(headers) != n || out.shape[0] < n) {
+        PyErr_SetString(PyExc_ValueError,
+                        "read_predictions: one headers entry and one row of out per body");
+        PyBuffer_Release(&out);
+        Py_DECREF(headers);
+        Py_DECREF(bodies);
+        return NULL;
+    }
+    double *values = (double *)out.buf;
+    PyObject *left = PyList_New(0);
+    Py_ssize_t rows = 0;
+    for (Py_ssize_t i = 0; left != NULL && i < n; i++) {
+        PyObject *body = PySequence_Fast_GET_ITEM(bodies, i);
+        /* Borrowed: nothing here runs Python code that could drop them. */
+        int read = 0;
+        if (PyBytes_CheckExact(body) && identity(PySequence_Fast_GET_ITEM(headers, i)) == 1) {
+            const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(body);
+            read = read_prediction(p, p + PyBytes_GET_SIZE(body), &values[rows]);
+        }
+        if (read) {
+            rows++;
+            continue;
+        }
+        PyObject *index = PyLong_FromSsize_t(i);
+        if (index == NULL || PyList_Append(left, index) < 0) {
+            Py_CLEAR(left);
+        }
+        Py_XDECREF(index);
+    }
+    PyObject *result = left == NULL ? NULL : Py_BuildValue("(nO)", rows, left);
+    Py_XDECREF(left);
+    PyBuffer_Release(&out);
+    Py_DECREF(headers);
+    Py_DECREF(bodies);
+    return result;
+}
+
 static void
 layout_dealloc(Layout *self)
 {
@@ -771,9 +912,32 @@ static PyType_Spec layout_spec = {
     .slots = layout_slots,
 };
 
+static PyObject *
+identity_py(PyObject *module, PyObject *headers)
+{
+    return PyBool_FromLong(identity(headers) == 1);
+}
+
+static PyMethodDef module_methods[] = {
+    {"identity", identity_py, METH_O,
+     "identity(headers) -> bool\n\n"
+     "True when the headers, a tuple or list of (bytes, bytes) pairs, say the body is\n"
+     "sent as it is: no Content-Encoding, or an empty one, at the first such header.\n"
+     "False for any other headers, including ones of other types (the worker's slow\n"
+     "path reads those)."},
+    {"read_predictions", (PyCFunction)(void (*)(void))read_predictions, METH_FASTCALL,
+     "read_predictions(bodies, headers, out) -> (rows, left)\n\n"
+     "Reads each body that is `{\"predictions\": [x]}`, x a finite JSON number (an\n"
+     "integer up to 2**53), sent with no Content-Encoding per its headers, into rows\n"
+     "0, 1, ... of `out` (float64, at least one row per body, one column). `left`:\n"
+     "the indices of the bodies left for the Python path."},
+    {NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "sidecar._records",
+    .m_methods = module_methods,
     .m_doc = "Flat JSON records read straight into columns (see sidecar/records.py).",
     .m_size = -1,
 };

@@ -15,6 +15,10 @@ categories, nested names), or with four features or fewer (as many keys as an en
 has: the Python path's payload detection decides what such a body is). The Python path
 then reads every body. Bodies of more than 64 records, and every other payload format,
 are read in Python.
+
+The usual response of a one-output model, `{"predictions": [x]}` with x a number, is
+read the same way into the prediction column (`read_predictions`), and the check that a
+body has no Content-Encoding is compiled too (`identity`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ from .extract import is_plain_record
 
 _Layout = compiled("_records", "Layout")
 COMPILED = _Layout is not None
+# read_predictions(bodies, headers, out) -> (rows, left): the usual response of a
+# one-output model, `{"predictions": [x]}`, into the prediction column (None: not built).
+read_predictions: Callable[[Sequence[bytes], Sequence[Any], FloatArray], tuple[int, list[int]]]
+read_predictions = compiled("_records", "read_predictions")
+# identity(headers) -> bool: no Content-Encoding, for headers as servers send them.
+identity: Callable[[Any], bool] | None = compiled("_records", "identity")
 CHUNK_BYTES = 16 << 10  # read per call, the GIL held: about 2 ns a byte
 
 

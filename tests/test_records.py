@@ -535,3 +535,160 @@ def test_keys_are_matched_exactly_whatever_the_names_hold(names: list[str]) -> N
     samples = [Sample([body], [], 200, [], []) for body in bodies for _ in range(3)]
     read = _both(baseline, samples)
     assert read == (6 if names[1] == "n1" else 0)  # the first two bodies, three times each
+
+
+# -- responses: `{"predictions": [x]}` into the prediction column ---------------------
+
+
+def _read_predictions(bodies: list[Any], headers: list[Any] | None = None) -> list[Any]:
+    """What read_predictions makes of each body: its value, or None (left to Python)."""
+    assert records.read_predictions is not None
+    out = np.full((len(bodies), 1), np.nan)
+    rows, left = records.read_predictions(bodies, headers or [()] * len(bodies), out)
+    values = iter(out[:rows, 0].tolist())
+    return [None if i in left else next(values) for i in range(len(bodies))]
+
+
+def _python_prediction(body: bytes) -> float | None:
+    """The value the worker's Python path puts into the prediction column, or None."""
+    try:
+        out = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not (type(out) is dict and list(out) == ["predictions"]):
+        return None
+    values = out["predictions"]
+    if type(values) is not list or len(values) != 1:
+        return None
+    value = values[0]
+    if type(value) is float or (type(value) is int and abs(value) <= 2**53):
+        return float(value)
+    return None
+
+
+_spaces = st.sampled_from(["", " ", "\n", "\t ", "\r\n  "])
+_number_text = (
+    st.floats(allow_nan=False, allow_infinity=False).map(repr)
+    | st.integers(-(2**64), 2**64).map(str)
+    | st.sampled_from(["-0", "0", "1e400", "-1e400", "1E5", "2.5e-3", "1e-400", "NaN", "01"])
+    | st.sampled_from(["1.", ".5", "+1", "123456789012345", "1234567890123456", "true"])
+)
+
+
+@st.composite
+def _prediction_body(draw: st.DrawFn) -> bytes:
+    s = [draw(_spaces) for _ in range(8)]
+    number = draw(_number_text)
+    tail = draw(st.sampled_from(["", "", "", ', "model": "m"', ", 2"]))
+    text = f'{s[0]}{{{s[1]}"predictions"{s[2]}:{s[3]}[{s[4]}{number}{s[5]}{tail}]{s[6]}}}{s[7]}'
+    return text.encode()
+
+
+@compiled_only
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_prediction_body(), min_size=1, max_size=20))
+def test_a_prediction_read_in_c_is_the_value_python_puts_in_the_column(
+    bodies: list[bytes],
+) -> None:
+    for body, value in zip(bodies, _read_predictions(bodies), strict=True):
+        expected = _python_prediction(body)
+        if value is not None:
+            assert value == expected and math.copysign(1, value) == math.copysign(1, expected)
+        elif expected is not None:  # left although Python takes it: integers of 16 digits
+            number = body.decode().split("[")[1].split("]")[0].strip().lstrip("-")
+            assert number.isdigit() and len(number) >= 16  # or more: orjson's float
+
+
+@compiled_only
+def test_the_usual_responses_are_read_and_the_rest_left_to_python() -> None:
+    bodies = [
+        b'{"predictions":[0.5]}',
+        b' {\n "predictions" : [ -0 ] }\r\n',  # Python's int 0
+        b'{"predictions":[123456789012345]}',
+        b'{"predictions":[1e400]}',  # orjson refuses it; the fallback counts inf
+        b'{"predictions":[NaN]}',
+        b'{"predictions":[0.5],"model":"m"}',
+        b'{"predictions":[0.5, 0.1]}',
+        b'{"predictions":[[0.5]]}',
+        b'{"predictions":["0.5"]}',
+        b'{"predictions":[0.5]} x',
+        b'{"predictions":[0.5]}\x00',
+        b'{"outputs":[0.5]}',
+        b"",
+    ]
+    assert _read_predictions(bodies) == [0.5, 0.0, 123456789012345.0] + [None] * 10
+    assert math.copysign(1, _read_predictions(bodies[1:2])[0]) == 1.0
+
+
+@compiled_only
+@pytest.mark.parametrize(
+    ("headers", "read"),
+    [
+        ([(b"content-type", b"application/json")], True),
+        (((b"Content-Encoding", b""),), True),  # empty: as it is
+        ([(b"CONTENT-ENCODING", b"gzip")], False),
+        ([(b"content-encoding", b"identity")], False),  # the Python path decides
+        ([(b"content-encoding", bytearray(b""))], False),
+        ([[b"content-encoding", b"gzip"]], False),  # not a tuple: Python's
+        ([(b"content-encoding",)], False),
+        ("content-encoding", False),
+    ],
+)
+def test_a_response_with_a_content_encoding_is_left_to_python(headers: Any, read: bool) -> None:
+    body = b'{"predictions":[0.25]}'
+    assert _read_predictions([body], [headers]) == [0.25 if read else None]
+
+
+@compiled_only
+def test_read_predictions_refuses_bad_arguments() -> None:
+    read = records.read_predictions
+    assert read is not None
+    with pytest.raises(TypeError, match="out must be a C-contiguous float64"):
+        read([b"{}"], [()], np.empty((1, 1), np.int64))
+    with pytest.raises(TypeError, match="out must be"):
+        read([b"{}"], [()], np.empty((1, 2)))
+    with pytest.raises(ValueError, match="one headers entry and one row of out per body"):
+        read([b"{}", b"{}"], [()], np.empty((2, 1)))
+    with pytest.raises(ValueError, match="one headers entry and one row of out per body"):
+        read([b"{}", b"{}"], [(), ()], np.empty((1, 1)))
+    with pytest.raises(TypeError, match="bodies must be a sequence"):
+        read(None, [], np.empty((0, 1)))
+
+
+@compiled_only
+def test_the_worker_counts_responses_the_same_with_and_without_the_compiled_read(
+    baseline: Baseline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(5)
+    responses = [
+        b'{"predictions":[0.5]}', b'{"predictions":[7]}', b'{"predictions":[1e400]}',
+        b'{"predictions":[NaN]}', b'{"predictions":["x"]}', b'{"predictions":[0.5, 0.1]}',
+        b'{"predictions":[9007199254740993]}', b"[0.3]", b"{bad", b'{"predictions":[-0.0]}',
+    ]  # fmt: skip
+    samples = []
+    for i in range(2000):
+        body = rng.choice(responses) if i % 3 else orjson.dumps({"predictions": [rng.random()]})
+        headers = [(b"content-encoding", b"br")] if i % 17 == 0 else []
+        status = 500 if i % 23 == 0 else 200
+        samples.append(Sample([orjson.dumps(_row())], [body], status, [], headers))
+    compiled = Monitor(baseline, registry=None, queue_size=100_000)
+    monkeypatch.setattr("sidecar.worker.read_predictions", None)
+    python = Monitor(baseline, registry=None, queue_size=100_000)
+    monkeypatch.undo()
+    calls = 0
+
+    def counted(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        assert records.read_predictions is not None
+        return records.read_predictions(*args)
+
+    for monitor, reader in ((compiled, counted), (python, None)):
+        monkeypatch.setattr("sidecar.worker.read_predictions", reader)
+        for sample in samples:
+            monitor.submit(sample)
+        assert monitor.process_pending() == len(samples)
+        monkeypatch.undo()
+    assert calls > 0
+    assert compiled.responses.window.rows > 1500
+    assert_same_state(monitor_state(compiled), monitor_state(python))
