@@ -20,11 +20,8 @@ static PyObject *s_type, *s_body, *s_more_body, *s_status, *s_headers, *s_http_r
     *s_http_disconnect, *s_response_body, *s_response_start, *s_request, *s_response,
     *s_response_headers, *s_size, *s_submit, *s_error, *s_worker, *s_counts, *s_dropped,
     *s_too_large, *s_body_incomplete, *s_empty_body, *s_get, *s_throw, *s_close,
-    *empty_bytes, *empty_tuple, *one, *s_queue, *s_limit, *s_bytes_in, *s_bytes_out,
-    *s_max_queue_bytes, *s_sampled, *s_wake_samples, *s_wakeup, *s_append, *s_is_set, *s_set;
-static PyObject *sample_type;  /* sidecar.worker.Sample, set by `use_sample` */
-static PyObject *monitor_type; /* sidecar.worker.Monitor, set by `use_monitor` */
-static PyObject *deque_type;   /* collections.deque, set by `use_monitor` */
+    *empty_bytes, *empty_tuple, *one;
+static PyObject *sample_type; /* sidecar.worker.Sample, set by `use_sample` */
 static PyTypeObject *TapType, *ReceivingType;
 
 typedef struct {
@@ -219,104 +216,6 @@ bump(Tap *self, PyObject *reason)
     return failed;
 }
 
-/* -- Monitor.submit, for a Monitor ------------------------------------------------ */
-
-/* An int attribute of obj as a C integer: 0, or -1 with an exception set or (*odd) for
- * a value that is not an exact int within 64 bits. */
-static int
-int_attr(PyObject *obj, PyObject *name, long long *value, int *odd)
-{
-    PyObject *v = PyObject_GetAttr(obj, name);
-    if (v == NULL) {
-        return -1;
-    }
-    int overflow = 0;
-    *value = PyLong_CheckExact(v) ? PyLong_AsLongLongAndOverflow(v, &overflow) : 0;
-    *odd |= !PyLong_CheckExact(v) || overflow;
-    Py_DECREF(v);
-    return 0;
-}
-
-static int
-set_int_attr(PyObject *obj, PyObject *name, long long value)
-{
-    PyObject *v = PyLong_FromLongLong(value);
-    int failed = v == NULL || PyObject_SetAttr(obj, name, v) < 0;
-    Py_XDECREF(v);
-    return failed ? -1 : 0;
-}
-
-/* `monitor.submit(sample, size)` done here when monitor is exactly a Monitor and the
- * queue has room, in its steps and order (sidecar/worker.py): the bytes counted in,
- * the sample appended, `counts.sampled` counted, the worker woken for a full batch.
- * (The sample's size and header tuples were set when it was built.) 1 queued; 0 not
- * done here: another kind of monitor, a full queue (whose drop the method counts), or
- * state of types not handled here; -1 with an exception set. */
-static int
-queued(PyObject *monitor, PyObject *sample, Py_ssize_t size)
-{
-    if (monitor_type == NULL || (PyObject *)Py_TYPE(monitor) != monitor_type) {
-        return 0;
-    }
-    PyObject *queue = PyObject_GetAttr(monitor, s_queue);
-    if (queue == NULL) {
-        return -1;
-    }
-    long long limit, bytes_in, bytes_out, max_bytes, sampled, wake;
-    int odd = (PyObject *)Py_TYPE(queue) != deque_type;
-    Py_ssize_t length = odd ? 0 : PyObject_Size(queue);
-    if (length < 0 || int_attr(monitor, s_limit, &limit, &odd) < 0
-        || int_attr(monitor, s_bytes_in, &bytes_in, &odd) < 0
-        || int_attr(monitor, s_bytes_out, &bytes_out, &odd) < 0
-        || int_attr(monitor, s_max_queue_bytes, &max_bytes, &odd) < 0
-        || int_attr(monitor, s_wake_samples, &wake, &odd) < 0) {
-        Py_DECREF(queue);
-        return -1;
-    }
-    /* Full, or sums beyond 64 bits: the method decides (and counts the drop). */
-    long long held, total;
-    if (odd || length >= limit || __builtin_sub_overflow(bytes_in, bytes_out, &held)
-        || __builtin_add_overflow(held, (long long)size, &total) || total > max_bytes
-        || __builtin_add_overflow(bytes_in, (long long)size, &bytes_in)) {
-        Py_DECREF(queue);
-        return 0;
-    }
-    PyObject *counts = NULL;
-    PyObject *args[2] = {queue, sample};
-    PyObject *appended = NULL;
-    int failed = set_int_attr(monitor, s_bytes_in, bytes_in) < 0
-                 || (appended = PyObject_VectorcallMethod(s_append, args, 2, NULL)) == NULL
-                 || (counts = PyObject_GetAttr(monitor, s_counts)) == NULL;
-    Py_XDECREF(appended);
-    if (!failed) {
-        odd = 0;
-        failed = int_attr(counts, s_sampled, &sampled, &odd) < 0;
-        if (!failed && (odd || sampled == LLONG_MAX)) { /* Python's `+= 1`, any value */
-            PyObject *v = PyObject_GetAttr(counts, s_sampled);
-            PyObject *next = v == NULL ? NULL : PyNumber_Add(v, one);
-            failed = next == NULL || PyObject_SetAttr(counts, s_sampled, next) < 0;
-            Py_XDECREF(v);
-            Py_XDECREF(next);
-        }
-        else if (!failed) {
-            failed = set_int_attr(counts, s_sampled, sampled + 1) < 0;
-        }
-    }
-    Py_XDECREF(counts);
-    if (!failed && length + 1 >= wake) { /* not _wakeup.is_set(): _wakeup.set() */
-        PyObject *wakeup = PyObject_GetAttr(monitor, s_wakeup);
-        PyObject *is_set = wakeup == NULL ? NULL : PyObject_CallMethodNoArgs(wakeup, s_is_set);
-        int truth = is_set == NULL ? -1 : PyObject_IsTrue(is_set);
-        PyObject *set = truth == 0 ? PyObject_CallMethodNoArgs(wakeup, s_set) : NULL;
-        failed = truth < 0 || (truth == 0 && set == NULL);
-        Py_XDECREF(set);
-        Py_XDECREF(is_set);
-        Py_XDECREF(wakeup);
-    }
-    Py_DECREF(queue);
-    return failed ? -1 : 1;
-}
-
 /* The exchange ended: queue the sample or count why not (once). */
 static int
 finish(Tap *self)
@@ -348,32 +247,29 @@ finish(Tap *self)
     if (sample == NULL) {
         return -1;
     }
-    /* The header lists as tuples, as Monitor.submit makes them (see there why). */
-    PyObject *bytes = PyLong_FromSsize_t(size);
-    PyObject *headers = PySequence_Tuple(self->headers);
-    PyObject *response_headers = PySequence_Tuple(self->response_headers);
-    int failed = bytes == NULL || headers == NULL || response_headers == NULL
-                 || PyObject_SetAttr(sample, s_request, self->request) < 0
-                 || PyObject_SetAttr(sample, s_response, response) < 0
-                 || PyObject_SetAttr(sample, s_status, self->status) < 0
-                 || PyObject_SetAttr(sample, s_headers, headers) < 0
-                 || PyObject_SetAttr(sample, s_response_headers, response_headers) < 0
-                 || PyObject_SetAttr(sample, s_size, bytes) < 0;
-    Py_XDECREF(headers);
-    Py_XDECREF(response_headers);
-    if (!failed) {
-        int done = queued(self->monitor, sample, size);
-        if (done == 0) { /* another monitor, or a drop to count: its own submit */
-            PyObject *args[3] = {self->monitor, sample, bytes};
-            PyObject *result = PyObject_VectorcallMethod(s_submit, args, 3, NULL);
-            Py_XDECREF(result);
-            done = result == NULL ? -1 : 1;
-        }
-        failed = done < 0;
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL || PyObject_SetAttr(sample, s_request, self->request) < 0
+        || PyObject_SetAttr(sample, s_response, response) < 0
+        || PyObject_SetAttr(sample, s_status, self->status) < 0
+        || PyObject_SetAttr(sample, s_headers, self->headers) < 0
+        || PyObject_SetAttr(sample, s_response_headers, self->response_headers) < 0
+        || PyObject_SetAttr(sample, s_size, zero) < 0) {
+        Py_XDECREF(zero);
+        Py_DECREF(sample);
+        return -1;
     }
-    Py_XDECREF(bytes);
+    Py_DECREF(zero);
+    PyObject *bytes = PyLong_FromSsize_t(size);
+    if (bytes == NULL) {
+        Py_DECREF(sample);
+        return -1;
+    }
+    PyObject *args[3] = {self->monitor, sample, bytes};
+    PyObject *done = PyObject_VectorcallMethod(s_submit, args, 3, NULL);
+    Py_DECREF(bytes);
     Py_DECREF(sample);
-    return failed ? -1 : 0;
+    Py_XDECREF(done);
+    return done == NULL ? -1 : 0;
 }
 
 /* A message the server's receive returned (while the request body is incomplete). */
@@ -975,28 +871,9 @@ use_sample(PyObject *module, PyObject *type)
     Py_RETURN_NONE;
 }
 
-static PyObject *
-use_monitor(PyObject *module, PyObject *args)
-{
-    PyObject *monitor, *deque;
-    if (!PyArg_ParseTuple(args, "OO:use_monitor", &monitor, &deque)) {
-        return NULL;
-    }
-    if (!PyType_Check(monitor) || !PyType_Check(deque)) {
-        PyErr_SetString(PyExc_TypeError, "use_monitor() takes the Monitor and deque classes");
-        return NULL;
-    }
-    Py_XSETREF(monitor_type, Py_NewRef(monitor));
-    Py_XSETREF(deque_type, Py_NewRef(deque));
-    Py_RETURN_NONE;
-}
-
 static PyMethodDef module_methods[] = {
     {"use_sample", use_sample, METH_O,
      "The class of the samples Tap submits (sidecar.worker.Sample)."},
-    {"use_monitor", use_monitor, METH_VARARGS,
-     "use_monitor(Monitor, deque): a sample for a monitor of exactly this class is\n"
-     "queued here, as its `submit` would queue it (its _queue, a deque of this class)."},
     {NULL},
 };
 
@@ -1031,13 +908,7 @@ PyInit__tap(void)
         || intern(&s_dropped, "dropped") < 0 || intern(&s_too_large, "too_large") < 0
         || intern(&s_body_incomplete, "body_incomplete") < 0
         || intern(&s_empty_body, "empty_body") < 0 || intern(&s_get, "get") < 0
-        || intern(&s_throw, "throw") < 0 || intern(&s_close, "close") < 0
-        || intern(&s_queue, "_queue") < 0 || intern(&s_limit, "_limit") < 0
-        || intern(&s_bytes_in, "_bytes_in") < 0 || intern(&s_bytes_out, "_bytes_out") < 0
-        || intern(&s_max_queue_bytes, "max_queue_bytes") < 0
-        || intern(&s_sampled, "sampled") < 0 || intern(&s_wake_samples, "wake_samples") < 0
-        || intern(&s_wakeup, "_wakeup") < 0 || intern(&s_append, "append") < 0
-        || intern(&s_is_set, "is_set") < 0 || intern(&s_set, "set") < 0) {
+        || intern(&s_throw, "throw") < 0 || intern(&s_close, "close") < 0) {
         return NULL;
     }
     empty_bytes = PyBytes_FromStringAndSize(NULL, 0);

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import weakref
-from collections import deque
 from collections.abc import Awaitable, Collection, Iterator, Mapping
 from typing import Any, TypeAlias
 
@@ -463,12 +462,10 @@ class _Tap:
 
 
 def _compiled_tap() -> Any:
-    """sidecar._tap.Tap, told which Sample class to submit and which monitors it may
-    queue samples for itself (Monitor's, in `submit`'s steps), or None."""
+    """sidecar._tap.Tap, told which Sample class to submit, or None."""
     tap = compiled("_tap", "Tap")
     if tap is not None:
         compiled("_tap", "use_sample")(Sample)
-        compiled("_tap", "use_monitor")(Monitor, deque)
     return tap
 
 

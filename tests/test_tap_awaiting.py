@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from starlette.types import Message, Receive, Scope, Send
 
-from sidecar import Baseline, ProfileOptions, middleware
+from sidecar import Baseline, ProfileOptions
 from sidecar.compiled import pure_python_requested
 from sidecar.middleware import SkewMiddleware, Tap, _Tap
 
@@ -453,76 +453,3 @@ def test_a_tap_that_cannot_be_built_is_counted_and_the_app_runs_untapped(
     assert calls == [{"type": "http.request", "body": BODY}]
     assert queued(mw) == []
     assert mw.monitor.counts.errors == {"worker": 1}
-
-
-def _exchange(mw: Any, body: bytes, headers: list[Any], status: int = 200) -> None:
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        while (await receive()).get("more_body"):
-            pass
-        await send({"type": "http.response.start", "status": status, "headers": [(b"a", b"b")]})
-        await send({"type": "http.response.body", "body": b'{"predictions":[0.5]}'})
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": body}
-
-    mw.app = app
-    asyncio.run(mw({**scope(), "headers": headers}, receive, _ignore))
-
-
-def _queue_state(mw: Any) -> tuple[Any, ...]:
-    monitor = mw.monitor
-    samples = [
-        (s.request, s.response, s.status, s.headers, s.response_headers, s.size)
-        for s in monitor._queue
-    ]
-    assert all(type(s[3]) is tuple and type(s[4]) is tuple for s in samples)
-    counts = monitor.counts
-    return (samples, counts.sampled, counts.dropped, monitor._bytes_in, monitor._wakeup.is_set())
-
-
-@pytest.mark.parametrize(
-    "settings",
-    [
-        {},
-        {"queue_size": 3},  # full: dropped and counted by Monitor.submit
-        {"max_queue_bytes": 100},  # full by bytes
-        {"wake_samples": 3},  # the worker woken once a batch is queued
-        {"disabled": True},
-    ],
-)
-def test_the_compiled_tap_queues_and_counts_as_monitor_submit_does(
-    baseline: Baseline, settings: dict[str, Any]
-) -> None:
-    states = []
-    for tap in (Tap, _Tap):
-        mw = tapped(baseline, None)
-        monitor = mw.monitor
-        if settings.get("disabled"):
-            monitor._limit, monitor.disabled = 0, True
-        monitor.queue_size = monitor._limit = settings.get("queue_size", monitor._limit)
-        monitor.max_queue_bytes = settings.get("max_queue_bytes", monitor.max_queue_bytes)
-        monitor.wake_samples = settings.get("wake_samples", monitor.wake_samples)
-        saved = middleware.Tap
-        middleware.Tap = tap
-        seen = []
-        try:
-            for i in range(6):
-                _exchange(mw, b'{"x": %d}' % i, [(b"content-type", b"application/json")])
-                seen.append(_queue_state(mw))  # after each exchange
-        finally:
-            middleware.Tap = saved
-        states.append(seen)
-    assert states[0] == states[1]
-
-
-def test_the_compiled_tap_counts_a_sampled_value_of_any_type_as_python_would(
-    baseline: Baseline,
-) -> None:
-    mw = tapped(baseline, None)
-    mw.monitor.counts.sampled = 2**70  # beyond 64 bits: Python's `+= 1`
-    mw.monitor._bytes_in = 2**70  # the bytes sum too: Monitor.submit decides
-    mw.monitor._bytes_out = 2**70
-    _exchange(mw, b'{"x": 1}', [])
-    assert mw.monitor.counts.sampled == 2**70 + 1
-    assert mw.monitor._bytes_in == 2**70 + len(b'{"x": 1}') + len(b'{"predictions":[0.5]}')
-    assert len(mw.monitor._queue) == 1
