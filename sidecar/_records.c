@@ -150,83 +150,79 @@ static const double POWERS[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
                                 1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
                                 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
+static inline int
+is_digit(unsigned char c)
+{
+    return c >= '0' && c <= '9';
+}
+
 /* A JSON number at p (RFC 8259's grammar exactly), or NULL. *value is the correctly
- * rounded double: in one IEEE operation when the digits and the power of ten are both
- * exact doubles (Clinger's fast path), else by CPython's own strtod. */
+ * rounded double: in one IEEE operation when it has at most 15 digits and the power of
+ * ten is an exact double (Clinger's fast path), else by CPython's own strtod. The
+ * grammar is checked first; the digits are then gathered in one tight loop. */
 static const unsigned char *
 read_number(const unsigned char *p, double *value)
 {
     const unsigned char *start = p;
     int negative = *p == '-';
     p += negative;
-    uint64_t digits = 0;
-    int significant = 0; /* digits in `digits`, leading zeros not counted */
-    int scale = 0;       /* the value is digits * 10^(exponent - scale) */
+    const unsigned char *whole = p;
     if (*p == '0') {
         p++;
     }
     else if (*p >= '1' && *p <= '9') {
-        for (; *p >= '0' && *p <= '9'; p++) {
-            if (significant < 19) {
-                digits = digits * 10 + (*p - '0');
-                significant++;
-            }
-            else {
-                significant = 99; /* too many digits for the fast path */
-            }
+        while (is_digit(*++p)) {
         }
     }
     else {
         return NULL;
     }
+    const unsigned char *whole_end = p, *fraction = p, *fraction_end = p;
     if (*p == '.') {
-        p++;
-        if (!(*p >= '0' && *p <= '9')) {
+        fraction = ++p;
+        if (!is_digit(*p)) {
             return NULL;
         }
-        for (; *p >= '0' && *p <= '9'; p++) {
-            if (scale >= 10000) {
-                significant = 99; /* strtod's: and `scale` stays far from overflowing */
-            }
-            else if (digits == 0 && *p == '0') {
-                scale++; /* a leading zero of the fraction */
-            }
-            else if (significant < 19) {
-                digits = digits * 10 + (*p - '0');
-                significant++;
-                scale++;
-            }
-            else {
-                significant = 99;
-            }
+        while (is_digit(*++p)) {
         }
+        fraction_end = p;
     }
-    int exponent = 0;
+    int exponent = 0, exact = 1;
     if (*p == 'e' || *p == 'E') {
         p++;
         int minus = *p == '-';
         if (*p == '-' || *p == '+') {
             p++;
         }
-        if (!(*p >= '0' && *p <= '9')) {
+        if (!is_digit(*p)) {
             return NULL;
         }
-        for (; *p >= '0' && *p <= '9'; p++) {
+        for (; is_digit(*p); p++) {
             if (exponent < 10000) {
                 exponent = exponent * 10 + (*p - '0');
             }
             else {
-                significant = 99; /* a capped exponent is not the exponent: strtod's */
+                exact = 0; /* a capped exponent is not the exponent: strtod's */
             }
         }
         exponent = minus ? -exponent : exponent;
     }
-    int power = exponent - scale;
-    if (significant <= 15 && power >= -22 && power <= 22) {
-        double v = (double)digits; /* exact: below 10^15 < 2^53 */
-        v = power < 0 ? v / POWERS[-power] : v * POWERS[power];
-        *value = negative ? -v : v;
-        return p;
+    Py_ssize_t places = fraction_end - fraction;
+    if (exact && (whole_end - whole) + places <= 15) {
+        uint64_t digits = 0; /* below 10^15 < 2^53: exact as a double */
+        for (const unsigned char *q = whole; q < whole_end; q++) {
+            digits = digits * 10 + (*q - '0');
+        }
+        for (const unsigned char *q = fraction; q < fraction_end; q++) {
+            digits = digits * 10 + (*q - '0');
+        }
+        int power = exponent - (int)places;
+        if (power >= -22 && power <= 22) {
+            double v = (double)digits;
+            v = power < 0 ? v / POWERS[-power] : v * POWERS[power];
+            *value = negative ? -v : v;
+            return p;
+        }
     }
     char *end;
     double v = PyOS_string_to_double((const char *)start, &end, NULL);

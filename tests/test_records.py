@@ -109,6 +109,10 @@ def _tokens(seed: int) -> list[bytes]:
         b"0." + b"0" * 9989 + b"1e10000123",  # the scale under its cap, the exponent over
         b"1e" + b"9" * 30, b"1e-" + b"9" * 30, b"0." + b"0" * 20000 + b"5",
         b"1" * 400, b"1." + b"1" * 400 + b"e-400",
+        # 16 to 18 digits, where one multiplication or division after rounding the
+        # digits to a double rounds twice: a wider fast path reads these wrong.
+        b"43591.010316006538", b"31888183.9909643594", b"0.81965659758208196",
+        b"792079993.49436247", b"659080.584800146909", b"0.000000000000000012345",
     ]  # fmt: skip
     for _ in range(2000):
         bits = rng.getrandbits(64)
@@ -354,18 +358,21 @@ def _both(baseline: Baseline, samples: list[Sample], **options: Any) -> int:
     return bodies
 
 
+# Finite floats stay clear of the largest double: a sum of two values near it overflows
+# in one grouping (rows read into columns) and not in another (rows as dicts).
 _value = (
     st.none()
     | st.booleans()
     | st.integers(-(2**70), 2**70)
-    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.floats(-1e300, 1e300)
+    | st.sampled_from([math.inf, -math.inf, math.nan])
     | st.sampled_from(["a", "b", "uv", "wé", "x y", "zz", "7", "a\\b", 'q"'])
 )
 _record = st.fixed_dictionaries(
     {
         "x": st.floats(-1e3, 1e3) | _value,
         "y": st.integers(-10, 10) | _value,
-        "z": st.floats(allow_nan=False, allow_infinity=False),
+        "z": st.floats(-1e300, 1e300),  # finite, clear of the largest double (above)
         "c": st.sampled_from(["a", "b", "c", "d"]) | _value,
         "d": st.sampled_from(["uv", "wé", "x y", "new"]) | _value,
     },
