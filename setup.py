@@ -5,10 +5,17 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension("sidecar._gate", ["sidecar/_gate.c"], optional=True),
+        Extension(
+            "sidecar._gate", ["sidecar/_gate.c"], depends=["sidecar/_sampling.h"], optional=True
+        ),
         Extension("sidecar._records", ["sidecar/_records.c"], optional=True),
         Extension("sidecar._tap", ["sidecar/_tap.c"], optional=True),
         Extension("sidecar._block", ["sidecar/_block.c"], optional=True),
-        Extension("sidecar._sampling", ["sidecar/_sampling.c"], optional=True),
+        Extension(
+            "sidecar._sampling",
+            ["sidecar/_sampling.c"],
+            depends=["sidecar/_sampling.h"],
+            optional=True,
+        ),
     ]
 )

@@ -15,6 +15,8 @@
 #include <Python.h>
 #include <structmember.h>
 
+#include "_sampling.h"
+
 typedef struct {
     PyObject_HEAD
     PyObject *app;
@@ -26,6 +28,9 @@ typedef struct {
 
 static PyObject *s_type, *s_http, *s_method, *s_path, *s_sampler, *s_countdown,
     *s_dispatch, *s_sampled;
+/* sidecar._sampling.SamplerCore, or NULL where it was not built: a sampler of that
+ * type is counted down in its struct. */
+static PyTypeObject *sampler_core;
 
 static PyObject *
 slow(Gate *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
@@ -62,6 +67,16 @@ count_down(PyObject *target)
     PyObject *sampler = PyObject_GetAttr(target, s_sampler);
     if (sampler == NULL) {
         return -1;
+    }
+    if (sampler_core != NULL && PyObject_TypeCheck(sampler, sampler_core)) {
+        /* The compiled sampler: its countdown is a C integer, decremented in place. */
+        SamplerCore *core = (SamplerCore *)sampler;
+        int due = -2; /* at the bottom of 64 bits: left to the Python path */
+        if (core->countdown != LLONG_MIN) {
+            due = --core->countdown <= 0;
+        }
+        Py_DECREF(sampler);
+        return due;
     }
     PyObject *current = PyObject_GetAttr(sampler, s_countdown);
     if (current == NULL) {
@@ -274,6 +289,27 @@ PyInit__gate(void)
         || intern(&s_sampler, "sampler") < 0 || intern(&s_countdown, "countdown") < 0
         || intern(&s_dispatch, "_dispatch") < 0 || intern(&s_sampled, "_sampled") < 0) {
         return NULL;
+    }
+    /* The compiled sampler, where it was built (else samplers are counted down through
+     * their attribute). */
+    PyObject *sampling = PyImport_ImportModule("sidecar._sampling");
+    if (sampling == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_ImportError)) {
+            return NULL;
+        }
+        PyErr_Clear();
+    }
+    else {
+        sampler_core = (PyTypeObject *)PyObject_GetAttrString(sampling, "SamplerCore");
+        Py_DECREF(sampling);
+        if (sampler_core == NULL) {
+            return NULL;
+        }
+        if (!PyType_Check(sampler_core)) {
+            Py_CLEAR(sampler_core);
+            PyErr_SetString(PyExc_TypeError, "sidecar._sampling.SamplerCore is not a type");
+            return NULL;
+        }
     }
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) {

@@ -20,21 +20,7 @@
 #define ESTIMATE_SECONDS 1.0
 #define OVERLOAD_ESTIMATE_SECONDS 0.1
 
-typedef struct {
-    PyObject_HEAD
-    long long countdown;
-    long long gap;
-    long long drawn;
-    long long rate_limited;
-    double thinning;
-    double max_per_second;
-    double estimated_at;
-    double tokens;
-    double filled_at;
-    double capacity;
-    PyObject *gaps;  /* list of ints, taken from the end */
-    PyObject *clock; /* callable returning seconds */
-} SamplerCore;
+#include "_sampling.h"
 
 static PyObject *s_count_thinned, *s_estimate, *s_draw, *s_draw_ahead, *monotonic;
 

@@ -21,7 +21,8 @@ from starlette.types import Message, Receive, Scope, Send
 from sidecar import Baseline
 from sidecar.gate import COMPILED, PURE_PYTHON_ENV, pure_python_requested
 from sidecar.middleware import SkewMiddleware
-from sidecar.sampling import PythonSampler
+from sidecar.sampling import COMPILED as SAMPLER_COMPILED
+from sidecar.sampling import PythonSampler, Sampler
 from tests.asgi import request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,6 +154,26 @@ def test_what_the_compiled_gate_does_not_expect_goes_the_python_way(
     asyncio.run(one())
     assert mw.dispatched == 2
     assert mw.targets["default"].sampler.seen == before + 1
+
+
+@compiled_only
+@pytest.mark.skipif(not SAMPLER_COMPILED, reason="the compiled sampler is not built here")
+@pytest.mark.parametrize("rate", [0.0, 0.25, 1.0])
+def test_the_compiled_sampler_is_counted_down_in_its_struct(
+    baseline: Baseline, rate: float
+) -> None:
+    """No Python for requests between samples: the gate decrements the compiled
+    sampler's countdown in place, and every request is counted as seen."""
+    mw = middleware(baseline, Counting, sample_rate=rate)
+    sampler = mw.targets["default"].sampler
+    assert type(sampler) is Sampler
+    run(mw, 400)
+    assert sampler.seen == 400
+    sampled = mw.monitor.counts.sampled
+    assert mw.dispatched == 1  # the path's first request (samples go to _sampled)
+    assert (
+        (sampled == 0) if rate == 0.0 else (sampled == 400 if rate == 1.0 else 50 < sampled < 150)
+    )
 
 
 @compiled_only
