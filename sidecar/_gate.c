@@ -29,8 +29,27 @@ typedef struct {
 static PyObject *s_type, *s_http, *s_method, *s_path, *s_sampler, *s_countdown,
     *s_dispatch, *s_sampled;
 /* sidecar._sampling.SamplerCore, or NULL where it was not built: a sampler of that
- * type is counted down in its struct. */
-static PyTypeObject *sampler_core;
+ * type is counted down in its struct, unless its class replaced `countdown` (a
+ * property, say). `countdown_member` is SamplerCore's own descriptor; `plain_type`
+ * the last class seen to keep it. */
+static PyTypeObject *sampler_core, *plain_type;
+static PyObject *countdown_member;
+
+/* Whether the sampler's class is SamplerCore's, countdown and all. */
+static int
+counts_in_struct(PyObject *sampler)
+{
+    PyTypeObject *type = Py_TYPE(sampler);
+    if (type == plain_type) {
+        return 1;
+    }
+    if (sampler_core == NULL || !PyType_IsSubtype(type, sampler_core)
+        || _PyType_Lookup(type, s_countdown) != countdown_member) {
+        return 0;
+    }
+    Py_XSETREF(plain_type, (PyTypeObject *)Py_NewRef(type));
+    return 1;
+}
 
 static PyObject *
 slow(Gate *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
@@ -68,7 +87,7 @@ count_down(PyObject *target)
     if (sampler == NULL) {
         return -1;
     }
-    if (sampler_core != NULL && PyObject_TypeCheck(sampler, sampler_core)) {
+    if (counts_in_struct(sampler)) {
         /* The compiled sampler: its countdown is a C integer, decremented in place. */
         SamplerCore *core = (SamplerCore *)sampler;
         int due = -2; /* at the bottom of 64 bits: left to the Python path */
@@ -300,16 +319,21 @@ PyInit__gate(void)
         PyErr_Clear();
     }
     else {
-        sampler_core = (PyTypeObject *)PyObject_GetAttrString(sampling, "SamplerCore");
+        PyObject *core = PyObject_GetAttrString(sampling, "SamplerCore");
         Py_DECREF(sampling);
-        if (sampler_core == NULL) {
-            return NULL;
+        if (core == NULL || !PyType_Check(core)) {
+            Py_XDECREF(core);
+            PyErr_SetString(PyExc_ImportError, "sidecar._sampling has no SamplerCore type");
+            return NULL; /* an ImportError: sidecar.compiled falls back to Python */
         }
-        if (!PyType_Check(sampler_core)) {
+        sampler_core = (PyTypeObject *)core;
+        countdown_member = _PyType_Lookup(sampler_core, s_countdown);
+        if (countdown_member == NULL) {
             Py_CLEAR(sampler_core);
-            PyErr_SetString(PyExc_TypeError, "sidecar._sampling.SamplerCore is not a type");
+            PyErr_SetString(PyExc_ImportError, "SamplerCore has no countdown");
             return NULL;
         }
+        Py_INCREF(countdown_member);
     }
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) {

@@ -187,8 +187,9 @@ read_number(const unsigned char *p, double *value)
         }
         fraction_end = p;
     }
-    int exponent = 0, exact = 1;
+    int exponent = 0, exact = 1, integer = fraction == whole_end;
     if (*p == 'e' || *p == 'E') {
+        integer = 0;
         p++;
         int minus = *p == '-';
         if (*p == '-' || *p == '+') {
@@ -220,7 +221,8 @@ read_number(const unsigned char *p, double *value)
         if (power >= -22 && power <= 22) {
             double v = (double)digits;
             v = power < 0 ? v / POWERS[-power] : v * POWERS[power];
-            *value = negative ? -v : v;
+            /* -0 is Python's int 0; -0.0 and -0e0 are floats and keep their sign. */
+            *value = negative && !(integer && digits == 0) ? -v : v;
             return p;
         }
     }
@@ -456,9 +458,40 @@ read_body(Layout *self, const unsigned char *p, const unsigned char *end, double
     return READ;
 }
 
+/* The items of a sequence, held in a tuple of our own: creating an object while
+ * reading (the list of bodies left, a UnicodeDecodeError) can run the cyclic GC, whose
+ * finalizers could empty a list the caller passed, and free the items read from it.
+ * Not PyList_AsTuple: its own tuple allocation can run that GC while it copies from
+ * the list's array. Here the copy runs once the tuple exists, with no allocation. */
+static PyObject *
+held(PyObject *sequence, const char *message)
+{
+    PyObject *fast = PySequence_Fast(sequence, message);
+    if (fast == NULL || PyTuple_CheckExact(fast)) {
+        return fast;
+    }
+    for (;;) {
+        Py_ssize_t n = PyList_GET_SIZE(fast);
+        PyObject *tuple = PyTuple_New(n);
+        if (tuple == NULL) {
+            Py_DECREF(fast);
+            return NULL;
+        }
+        if (PyList_GET_SIZE(fast) == n) {
+            for (Py_ssize_t i = 0; i < n; i++) {
+                PyTuple_SET_ITEM(tuple, i, Py_NewRef(PyList_GET_ITEM(fast, i)));
+            }
+            Py_DECREF(fast);
+            return tuple;
+        }
+        Py_DECREF(tuple); /* the list changed while the tuple was made: again */
+    }
+}
+
 /* A writable, C-contiguous (rows x columns) buffer of float64 (`floats`) or int64. */
 static int
-matrix(PyObject *obj, Py_buffer *view, const char *name, int floats, Py_ssize_t columns)
+matrix(PyObject *obj, Py_buffer *view, const char *who, const char *name, int floats,
+       Py_ssize_t columns)
 {
     if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
         return -1;
@@ -472,7 +505,7 @@ matrix(PyObject *obj, Py_buffer *view, const char *name, int floats, Py_ssize_t 
                         : strcmp(format, "q") == 0 || strcmp(format, "l") == 0);
     if (!ok) {
         PyErr_Format(PyExc_TypeError,
-                     "Layout.read: %s must be a C-contiguous %s array of %zd columns", name,
+                     "%s: %s must be a C-contiguous %s array of %zd columns", who, name,
                      floats ? "float64" : "int64", columns);
         PyBuffer_Release(view);
         return -1;
@@ -503,16 +536,16 @@ layout_read(Layout *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "Layout.read: the layout was not initialised");
         return NULL;
     }
-    PyObject *bodies = PySequence_Fast(args[0], "Layout.read: bodies must be a sequence");
+    PyObject *bodies = held(args[0], "Layout.read: bodies must be a sequence");
     if (bodies == NULL) {
         return NULL;
     }
     Py_buffer x, s;
-    if (matrix(args[1], &x, "numbers", 1, self->numbers) < 0) {
+    if (matrix(args[1], &x, "Layout.read", "numbers", 1, self->numbers) < 0) {
         Py_DECREF(bodies);
         return NULL;
     }
-    if (matrix(args[2], &s, "slots", 0, self->categories) < 0) {
+    if (matrix(args[2], &s, "Layout.read", "slots", 0, self->categories) < 0) {
         PyBuffer_Release(&x);
         Py_DECREF(bodies);
         return NULL;
@@ -526,7 +559,7 @@ layout_read(Layout *self, PyObject *const *args, Py_ssize_t nargs)
         int status = LEFT;
         if (PyBytes_CheckExact(item)) {
             spent += PyBytes_GET_SIZE(item);
-            /* Borrowed: reading runs no Python code that could drop it. */
+            /* Held by our tuple, whatever a finalizer run meanwhile does. */
             const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(item);
             status = read_body(self, p, p + PyBytes_GET_SIZE(item), (double *)x.buf,
                                (int64_t *)s.buf, capacity, &rows);
@@ -610,12 +643,9 @@ read_prediction(const unsigned char *p, const unsigned char *end, double *value)
     if (p == NULL || !isfinite(v)) {
         return 0;
     }
-    if (strcspn((const char *)number, ".eE") >= (size_t)(p - number)) {
-        /* An integer: Python's int (-0 is 0), exact as a double: below 10**15. */
-        if (p - number - (*number == '-') > 15) {
-            return 0;
-        }
-        v = v == 0.0 ? 0.0 : v;
+    if (strcspn((const char *)number, ".eE") >= (size_t)(p - number)
+        && p - number - (*number == '-') > 15) {
+        return 0; /* an integer Python takes exactly only below 10**15 here */
     }
     p = skip_space(p);
     if (*p++ != ']') {
@@ -639,17 +669,17 @@ read_predictions(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "read_predictions(bodies, headers, out)");
         return NULL;
     }
-    PyObject *bodies = PySequence_Fast(args[0], "read_predictions: bodies must be a sequence");
+    PyObject *bodies = held(args[0], "read_predictions: bodies must be a sequence");
     if (bodies == NULL) {
         return NULL;
     }
-    PyObject *headers = PySequence_Fast(args[1], "read_predictions: headers must be a sequence");
+    PyObject *headers = held(args[1], "read_predictions: headers must be a sequence");
     if (headers == NULL) {
         Py_DECREF(bodies);
         return NULL;
     }
     Py_buffer out;
-    if (matrix(args[2], &out, "out", 1, 1) < 0) {
+    if (matrix(args[2], &out, "read_predictions", "out", 1, 1) < 0) {
         Py_DECREF(headers);
         Py_DECREF(bodies);
         return NULL;
@@ -667,8 +697,7 @@ read_predictions(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *left = PyList_New(0);
     Py_ssize_t rows = 0;
     for (Py_ssize_t i = 0; left != NULL && i < n; i++) {
-        PyObject *body = PySequence_Fast_GET_ITEM(bodies, i);
-        /* Borrowed: nothing here runs Python code that could drop them. */
+        PyObject *body = PySequence_Fast_GET_ITEM(bodies, i); /* held by our tuple */
         int read = 0;
         if (PyBytes_CheckExact(body) && identity(PySequence_Fast_GET_ITEM(headers, i)) == 1) {
             const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(body);

@@ -14,6 +14,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <string.h>
 #include <time.h>
 
 /* As in sidecar/sampling.py. */
@@ -46,7 +47,14 @@ read_clock(SamplerCore *self, double *now)
     if (value == NULL) {
         return -1;
     }
-    *now = PyFloat_AsDouble(value);
+    /* What Python's `now - self._estimated_at` takes: a float or an int. */
+    if (!PyFloat_Check(value) && !PyLong_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "the sampler's clock returned %.200s, not a number",
+                     Py_TYPE(value)->tp_name);
+        Py_DECREF(value);
+        return -1;
+    }
+    *now = PyFloat_Check(value) ? PyFloat_AS_DOUBLE(value) : PyLong_AsDouble(value);
     Py_DECREF(value);
     return *now == -1.0 && PyErr_Occurred() ? -1 : 0;
 }
@@ -127,7 +135,11 @@ draw(SamplerCore *self)
 static PyObject *
 sampler_take(SamplerCore *self, PyObject *unused)
 {
-    long long skipped = self->gap - 1;
+    long long skipped, limited;
+    if (__builtin_sub_overflow(self->gap, 1LL, &skipped)) {
+        PyErr_SetString(PyExc_OverflowError, "sampler: gap out of range");
+        return NULL;
+    }
     if (skipped && self->thinning < 1.0) {
         if (call_step(self, s_count_thinned, PyLong_FromLongLong(skipped)) < 0) {
             return NULL;
@@ -151,7 +163,11 @@ sampler_take(SamplerCore *self, PyObject *unused)
     }
     else {
         self->tokens = tokens;
-        self->rate_limited += 1;
+        if (__builtin_add_overflow(self->rate_limited, 1LL, &limited)) {
+            PyErr_SetString(PyExc_OverflowError, "sampler: rate_limited out of range");
+            return NULL;
+        }
+        self->rate_limited = limited;
         if (now - self->estimated_at >= OVERLOAD_ESTIMATE_SECONDS && estimate(self, now) < 0) {
             return NULL;
         }
@@ -260,6 +276,12 @@ PyInit__sampling(void)
     Py_DECREF(time);
     if (monotonic == NULL) {
         return NULL;
+    }
+    /* The fast path reads the clock time.monotonic reads, so only for the built-in
+     * itself: a stand-in patched over it (freezegun) is called like any clock. */
+    if (!PyCFunction_Check(monotonic)
+        || strcmp(((PyCFunctionObject *)monotonic)->m_ml->ml_name, "monotonic") != 0) {
+        Py_CLEAR(monotonic);
     }
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) {

@@ -177,6 +177,32 @@ def test_the_compiled_sampler_is_counted_down_in_its_struct(
 
 
 @compiled_only
+@pytest.mark.skipif(not SAMPLER_COMPILED, reason="the compiled sampler is not built here")
+def test_a_sampler_class_with_its_own_countdown_is_counted_down_through_it(
+    baseline: Baseline,
+) -> None:
+    """The gate decrements the struct only for classes that keep SamplerCore's
+    `countdown`: a subclass's property is used as Python would use it."""
+    written: list[int] = []
+
+    class Watched(Sampler):  # type: ignore[misc, valid-type]
+        @property
+        def countdown(self) -> int:
+            return 5
+
+        @countdown.setter
+        def countdown(self, value: int) -> None:
+            written.append(value)
+
+    mw = middleware(baseline, sample_rate=0.0)
+    run(mw, 1)  # routes the path
+    mw.targets["default"].sampler = Watched(0.0, 1.0)
+    written.clear()  # its __init__'s
+    run(mw, 3)
+    assert written == [4, 4, 4]
+
+
+@compiled_only
 def test_requests_to_unwatched_paths_pass_in_c_once_routed(baseline: Baseline) -> None:
     mw = middleware(baseline, Counting)
     run(mw, 20, path="/healthz")  # excluded: routed to no target (None)

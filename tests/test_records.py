@@ -699,3 +699,88 @@ def test_the_worker_counts_responses_the_same_with_and_without_the_compiled_read
     assert calls > 0
     assert compiled.responses.window.rows > 1500
     assert_same_state(monitor_state(compiled), monitor_state(python))
+
+
+_FINALIZER_RACE = """
+import gc
+import numpy as np
+from sidecar import Baseline, records
+from sidecar.engine import Engine
+
+n = 2000
+state = {"call": False}
+
+
+class Emptier:
+    def __del__(self):
+        if state["call"]:
+            state["bodies"].clear()
+            state["headers"].clear()
+
+
+def attempt(read, body, delta):
+    # A cycle with a finalizer, and the GC due within the call's first allocations
+    # (the tuple of bodies held, the list of those left, an error object).
+    bodies = state["bodies"] = [body % i for i in range(n)]
+    headers = state["headers"] = [()] * n
+    e = Emptier()
+    e.me = e
+    del e
+    keep = [[] for _ in range(200)]  # the list free list drained: PyList_New allocates
+    gc.set_threshold(gc.get_count()[0] + delta)
+    state["call"] = True
+    try:
+        return read(bodies, headers)
+    except ValueError as error:  # the headers emptied between the two copies
+        assert "one headers entry" in str(error)
+    finally:
+        state["call"] = False
+        gc.set_threshold(700)
+        gc.collect()
+
+
+out = np.empty((n, 1))
+for delta in range(-1, 6):
+    attempt(lambda b, h: records.read_predictions(b, h, out), b'{"predictions":[%d]}', delta)
+rows = [{"x": 1.0, "y": 2, "z": 3.0, "c": "a", "d": "uv"}] * 50
+layout = records.RecordReader(Engine(Baseline.from_records(rows), roles=("input",))).layout
+numbers, slots = np.empty((n, 3)), np.empty((n, 2), np.int64)
+body = b'{"x":1.5,"y":3,"z":2,"c":"a","d":"\\xff%d"}'  # not UTF-8: an error object each
+for delta in range(-1, 6):
+    attempt(lambda b, h: layout.read(b, numbers, slots), body, delta)
+print("held")
+"""
+
+
+@compiled_only
+def test_a_finalizer_that_empties_the_lists_mid_read_cannot_crash_the_reader() -> None:
+    """Each read holds the bodies in a tuple of its own: the cyclic GC may run during
+    the call (its allocations trigger it) and a finalizer may empty the caller's list
+    (before, a segfault)."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", _FINALIZER_RACE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "held"
+
+
+@compiled_only
+def test_an_integer_minus_zero_reads_as_python_s_zero_and_a_float_keeps_its_sign(
+    baseline: Baseline,
+) -> None:
+    reader = _reader(baseline)
+    tokens = [b"-0", b"-0.0", b"-0e0", b"0", b"-0E+3"]
+    bodies = [b'{"x":%s,"y":1,"z":2,"c":"a","d":"uv"}' % t for t in tokens]
+    numbers, _, left = reader.read(bodies)
+    assert left == []
+    signs = [math.copysign(1, v) for v in numbers[:, 0]]
+    assert signs == [math.copysign(1, _float(parse_json(t))) for t in tokens]
+    assert signs == [1, -1, -1, 1, -1]
+    assert _read_predictions([b'{"predictions":[-0]}', b'{"predictions":[-0.0]}']) == [0.0, -0.0]
+    assert math.copysign(1, _read_predictions([b'{"predictions":[-0.0]}'])[0]) == -1

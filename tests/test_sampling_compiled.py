@@ -4,8 +4,11 @@ tests run this file in fresh venvs of other Python versions and under sanitizers
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from decimal import Decimal
 
 import pytest
 from hypothesis import example, given, settings
@@ -63,7 +66,12 @@ def test_the_compiled_sampler_reads_time_monotonic_itself() -> None:
 @compiled_only
 @pytest.mark.parametrize(
     ("clock", "error"),
-    [(lambda: 1 / 0, ZeroDivisionError), (lambda: "noon", TypeError), (None, TypeError)],
+    [
+        (lambda: 1 / 0, ZeroDivisionError),
+        (lambda: "noon", TypeError),
+        (lambda: Decimal("1.5"), TypeError),  # Python's `now - float` refuses it too
+        (None, TypeError),
+    ],
 )
 def test_a_failing_clock_raises_from_take_as_in_python(
     clock: Callable[[], object], error: type[Exception]
@@ -85,3 +93,21 @@ def test_gaps_drawn_ahead_that_are_not_a_list_go_the_python_way() -> None:
     drawn = sampler._drawn
     assert sampler.take()
     assert sampler._drawn == drawn + sampler.countdown
+
+
+@compiled_only
+def test_a_monotonic_patched_before_import_is_called_not_bypassed() -> None:
+    """The compiled clock fast path is for the built-in time.monotonic only: a stand-in
+    patched over it before the import (freezegun's way) is called like any clock."""
+    script = (
+        "import time\n"
+        "time.monotonic = lambda: 1000.0\n"
+        "from sidecar.sampling import COMPILED, Sampler\n"
+        "assert COMPILED\n"
+        "sampler = Sampler(1.0, 1e9)\n"
+        "sampler.take()\n"
+        "print(sampler._filled_at)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1000.0"
