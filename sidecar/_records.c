@@ -402,22 +402,23 @@ read_records(Layout *self, const unsigned char *p, double *numbers, int64_t *slo
     }
 }
 
-/* `{"instances": [` at p: the array's '[', else NULL. */
+/* `{"<key>": [` at p (its '{'), `key` quoted: the array's '[', else NULL. */
 static const unsigned char *
-instances(const unsigned char *p)
+keyed_array(const unsigned char *p, const char *key, size_t length)
 {
-    static const char key[] = "\"instances\"";
     p = skip_space(p + 1);
-    if (strncmp((const char *)p, key, sizeof(key) - 1) != 0) { /* stops at the NUL */
+    if (strncmp((const char *)p, key, length) != 0) { /* stops at the NUL */
         return NULL;
     }
-    p = skip_space(p + sizeof(key) - 1);
+    p = skip_space(p + length);
     if (*p++ != ':') {
         return NULL;
     }
     p = skip_space(p);
     return *p == '[' ? p : NULL;
 }
+
+#define KEYED_ARRAY(p, key) keyed_array((p), (key), sizeof(key) - 1)
 
 /* One body: one flat object, an array of them, or `{"instances": [...]}` holding them
  * and nothing else, into rows from *rows on (at most `capacity` rows in all). READ (and
@@ -433,7 +434,7 @@ read_body(Layout *self, const unsigned char *p, const unsigned char *end, double
     if (*p == '[') {
         p = read_records(self, p, numbers, slots, capacity, &row, &status);
     }
-    else if (*p == '{' && (array = instances(p)) != NULL) {
+    else if (*p == '{' && (array = KEYED_ARRAY(p, "\"instances\"")) != NULL) {
         p = read_records(self, array, numbers, slots, capacity, &row, &status);
         if (p != NULL) {
             p = skip_space(p);
@@ -620,24 +621,11 @@ identity(PyObject *headers)
 static int
 read_prediction(const unsigned char *p, const unsigned char *end, double *value)
 {
-    static const char key[] = "\"predictions\"";
     p = skip_space(p);
-    if (*p++ != '{') {
+    if (*p != '{' || (p = KEYED_ARRAY(p, "\"predictions\"")) == NULL) {
         return 0;
     }
-    p = skip_space(p);
-    if (strncmp((const char *)p, key, sizeof(key) - 1) != 0) { /* stops at the NUL */
-        return 0;
-    }
-    p = skip_space(p + sizeof(key) - 1);
-    if (*p++ != ':') {
-        return 0;
-    }
-    p = skip_space(p);
-    if (*p++ != '[') {
-        return 0;
-    }
-    const unsigned char *number = p = skip_space(p);
+    const unsigned char *number = p = skip_space(p + 1);
     double v;
     p = read_number(p, &v);
     if (p == NULL || !isfinite(v)) {
@@ -953,7 +941,7 @@ static PyMethodDef module_methods[] = {
     {"read_predictions", (PyCFunction)(void (*)(void))read_predictions, METH_FASTCALL,
      "read_predictions(bodies, headers, out) -> (rows, left)\n\n"
      "Reads each body that is `{\"predictions\": [x]}`, x a finite JSON number (an\n"
-     "integer up to 2**53), sent with no Content-Encoding per its headers, into rows\n"
+     "integer of at most 15 digits), sent with no Content-Encoding, into rows\n"
      "0, 1, ... of `out` (float64, at least one row per body, one column). `left`:\n"
      "the indices of the bodies left for the Python path."},
     {NULL},

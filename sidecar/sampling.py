@@ -32,6 +32,19 @@ ESTIMATE_SECONDS = 1.0  # how often the thinning is re-estimated
 OVERLOAD_ESTIMATE_SECONDS = 0.1  # sooner when the bucket refuses: traffic rose
 
 
+def take_token(
+    tokens: float, filled_at: float, now: float, rate: float, capacity: float
+) -> tuple[float, bool]:
+    """A token bucket's step: (tokens left, taken) once refilled at `rate` a second
+    since `filled_at`, up to `capacity`. (sidecar/_sampling.c does the same in C.)"""
+    tokens += (now - filled_at) * rate
+    if tokens > capacity:  # not min(): this runs once per sample
+        tokens = capacity
+    if tokens >= 1.0:
+        return tokens - 1.0, True
+    return tokens, False
+
+
 class TokenBucket:
     """At most `rate` takes a second, in bursts of up to a second's worth."""
 
@@ -44,23 +57,17 @@ class TokenBucket:
     def take(self, now: float | None = None) -> bool:
         if now is None:
             now = self.clock()
-        tokens = self.tokens + (now - self.last) * self.rate
-        if tokens > self.capacity:  # not min(): this runs once per sample
-            tokens = self.capacity
+        self.tokens, taken = take_token(self.tokens, self.last, now, self.rate, self.capacity)
         self.last = now
-        if tokens >= 1.0:
-            self.tokens = tokens - 1.0
-            return True
-        self.tokens = tokens
-        return False
+        return taken
 
 
 class PythonSampler:
     """Geometric gaps between samples; `take()` runs once per gap, never per request.
 
     The compiled `Sampler` (sidecar/_sampling.c) has this class as a base and replaces
-    `take()` and `_draw()` with C; the state below lives in its struct, and the rare
-    steps (`_count_thinned`, `_estimate`, `_draw_ahead`) stay here for both."""
+    `take()` with C; the state below lives in its struct, and the rare steps
+    (`_count_thinned`, `_estimate`, `_draw_ahead`) stay here for both."""
 
     countdown: int
     rate_limited: int
@@ -97,7 +104,7 @@ class PythonSampler:
         self.rate_limited = 0
         self._drawn = 0  # requests covered by the gaps drawn so far
         self._gap = 0
-        # The cap's token bucket (as TokenBucket, inline: one object and call fewer).
+        # The cap's token bucket, in the sampler's own fields (the compiled one's struct).
         self._capacity = self._tokens = max(1.0, max_per_second)
         self._estimated_at = self._filled_at = clock()
         self._requests_at_estimate = 0
@@ -123,15 +130,11 @@ class PythonSampler:
         now = self.clock()
         if now - self._estimated_at >= ESTIMATE_SECONDS:
             self._estimate(now)
-        tokens = self._tokens + (now - self._filled_at) * self.max_per_second
-        if tokens > self._capacity:
-            tokens = self._capacity
+        self._tokens, taken = take_token(
+            self._tokens, self._filled_at, now, self.max_per_second, self._capacity
+        )
         self._filled_at = now
-        taken = tokens >= 1.0
-        if taken:
-            self._tokens = tokens - 1.0
-        else:
-            self._tokens = tokens
+        if not taken:
             self.rate_limited += 1
             if now - self._estimated_at >= OVERLOAD_ESTIMATE_SECONDS:
                 self._estimate(now)
