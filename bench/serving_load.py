@@ -90,6 +90,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 VARIANT_ENV = "SERVING_LOAD_VARIANT"
 BASELINE_ENV = "SERVING_LOAD_BASELINE"
 SINK_ENV = "SERVING_LOAD_SINK"
+# Under valgrind a second holds about 50 times less work: this factor stretches every time
+# constant of the monitor (and the GIL's switch interval), so per-second work is spread over
+# as many requests as at full speed (bench/server_instructions.py).
+TIME_SCALE_ENV = "SERVING_LOAD_TIME_SCALE"
 NUMERIC = 24
 CATEGORICAL = 8
 SERVER_VARIANTS = (
@@ -190,6 +194,30 @@ def _queue_only(app: ASGIApp, **options: Any) -> ASGIApp:
     return middleware
 
 
+def _time_scaled(kind: Callable[..., ASGIApp], scale: float) -> Callable[..., ASGIApp]:
+    """`kind` with the monitor's time constants stretched `scale` times: its wake-up
+    and window, the worker's GIL slice and pause, the sampler's cap, the switch interval.
+    And no window is closed, the last one at shutdown included: a close costs about the
+    same whatever the window holds once its bins fill (10-13 ms, once a minute), but a
+    run under valgrind holds only a few hundred rows, whose close costs more the more
+    rows it has, so it would not cancel between two runs of different lengths."""
+
+    def build(app: ASGIApp, **options: Any) -> ASGIApp:
+        cap = options.pop("max_samples_per_second", 1000.0)
+        middleware: Any = kind(app, max_samples_per_second=cap / scale, **options)
+        monitor = middleware.monitor
+        monitor.flush_seconds *= scale
+        monitor.window_seconds *= scale
+        monitor._deadline = monitor.clock() + monitor.window_seconds
+        monitor.pacer.slice *= scale
+        monitor.pacer.busy_pause *= scale
+        monitor.close_window = lambda final=True: None
+        sys.setswitchinterval(sys.getswitchinterval() * scale)
+        return middleware  # type: ignore[no-any-return]
+
+    return build
+
+
 def score(row: dict[str, Any]) -> float:
     """A stand-in model: a logistic of the mean numeric feature."""
     total = sum(row[f"num_{j}"] for j in range(NUMERIC))
@@ -247,9 +275,13 @@ def build_app(variant: str, baseline_path: str) -> ASGIApp:
             "skew-0.1-queue-only": _queue_only,
             "skew-0.1-no-pause": _no_pause,
         }
+        build = kind.get(variant, SkewMiddleware)
+        scale = float(os.environ.get(TIME_SCALE_ENV, "1"))
+        if scale != 1.0:
+            build = _time_scaled(build, scale)
         middleware.append(
             Middleware(
-                kind.get(variant, SkewMiddleware),
+                build,
                 baseline=baseline_path,
                 registry=registry,
                 **options,
