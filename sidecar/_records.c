@@ -111,6 +111,8 @@ words_add(Words *w, const char *text, Py_ssize_t n, int64_t value)
     return 0;
 }
 
+typedef struct Deferred Deferred; /* below: numbers read once the GIL is back */
+
 typedef struct {
     PyObject_HEAD
     Words features;      /* value: >= 0 a numeric column, < 0 -(1 + categorical column) */
@@ -123,6 +125,8 @@ typedef struct {
     unsigned char *plain; /* per feature: its name has no quote, backslash or control byte */
     uint64_t record;
     int ready;           /* __init__ completed */
+    int reading;         /* a read runs with the GIL released: the state above is its */
+    Deferred *deferred;  /* while the GIL is released: numbers for CPython's strtod */
 } Layout;
 
 static Py_ssize_t
@@ -156,12 +160,67 @@ is_digit(unsigned char c)
     return c >= '0' && c <= '9';
 }
 
+/* Numbers past the fast path, read while the GIL is released: CPython's strtod needs
+ * it, so each is noted (its token and where its value goes) and converted once the GIL
+ * is back. Only numbers whose value is surely finite are deferred; any other (a huge
+ * exponent, no memory for the note) sets `wants_gil`, and its body is read again with
+ * the GIL held. */
+struct Deferred {
+    const char **start;
+    const char **end;
+    double **into;
+    Py_ssize_t count;
+    Py_ssize_t capacity;
+    int wants_gil;
+};
+
+static int
+defer(Deferred *d, const unsigned char *start, const unsigned char *end, double *into)
+{
+    if (d->count == d->capacity) {
+        Py_ssize_t capacity = d->capacity ? 2 * d->capacity : 64;
+        /* The raw allocator: callable without the GIL. */
+        const char **starts = PyMem_RawRealloc(d->start, capacity * sizeof(char *));
+        if (starts != NULL) {
+            d->start = starts;
+        }
+        const char **ends = PyMem_RawRealloc(d->end, capacity * sizeof(char *));
+        if (ends != NULL) {
+            d->end = ends;
+        }
+        double **intos = PyMem_RawRealloc(d->into, capacity * sizeof(double *));
+        if (intos != NULL) {
+            d->into = intos;
+        }
+        if (starts == NULL || ends == NULL || intos == NULL) {
+            return 0;
+        }
+        d->capacity = capacity;
+    }
+    d->start[d->count] = (const char *)start;
+    d->end[d->count] = (const char *)end;
+    d->into[d->count] = into;
+    d->count++;
+    return 1;
+}
+
+static void
+deferred_free(Deferred *d)
+{
+    PyMem_RawFree(d->start);
+    PyMem_RawFree(d->end);
+    PyMem_RawFree(d->into);
+    memset(d, 0, sizeof(Deferred));
+}
+
 /* A JSON number at p (RFC 8259's grammar exactly), or NULL. *value is the correctly
  * rounded double: in one IEEE operation when it has at most 15 digits and the power of
- * ten is an exact double (Clinger's fast path), else by CPython's own strtod. The
- * grammar is checked first; the digits are then gathered in one tight loop. */
+ * ten is an exact double (Clinger's fast path), else by CPython's own strtod, at once
+ * (`deferred` NULL: the GIL is held) or once the GIL is back (noted in `deferred`, and
+ * *value 0 meanwhile). The grammar is checked first; the digits are then gathered in
+ * one tight loop. */
 static const unsigned char *
-read_number(const unsigned char *p, double *value)
+read_number(const unsigned char *p, double *value, Deferred *deferred)
 {
     const unsigned char *start = p;
     int negative = *p == '-';
@@ -226,6 +285,16 @@ read_number(const unsigned char *p, double *value)
             return p;
         }
     }
+    if (deferred != NULL) {
+        /* Below 10^(bound + 1) <= 10^308 < DBL_MAX: finite, whatever the rounding. */
+        Py_ssize_t bound = (*whole == '0' ? -1 : (whole_end - whole) - 1) + exponent;
+        if (exact && bound <= 307 && defer(deferred, start, p, value)) {
+            *value = 0.0;
+            return p;
+        }
+        deferred->wants_gil = 1;
+        return NULL;
+    }
     char *end;
     double v = PyOS_string_to_double((const char *)start, &end, NULL);
     if (v == -1.0 && PyErr_Occurred()) {
@@ -255,39 +324,66 @@ string_end(const unsigned char *p, int *ascii)
     return p;
 }
 
-/* Whether a string's bytes are UTF-8 as orjson requires it (CPython's strict decoder
- * agrees: no surrogates, no overlong forms). 0 with an exception set on failure. */
+/* Whether a string's bytes are well-formed UTF-8 (Unicode's table 3-7), as orjson and
+ * CPython's strict decoder require: no overlong forms, no surrogates, nothing above
+ * U+10FFFF, no sequence cut short. Plain C, so the GIL can be released around it. */
 static int
 valid_utf8(const unsigned char *text, Py_ssize_t n)
 {
-    PyObject *decoded = PyUnicode_DecodeUTF8((const char *)text, n, "strict");
-    if (decoded != NULL) {
-        Py_DECREF(decoded);
-        return 1;
+    const unsigned char *p = text, *end = text + n;
+    while (p < end) {
+        unsigned char c = *p;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        Py_ssize_t more;
+        unsigned char low = 0x80, high = 0xBF; /* the second byte's range */
+        if (c >= 0xC2 && c <= 0xDF) {
+            more = 1;
+        }
+        else if (c >= 0xE0 && c <= 0xEF) {
+            more = 2;
+            low = c == 0xE0 ? 0xA0 : 0x80;  /* overlong below U+0800 */
+            high = c == 0xED ? 0x9F : 0xBF; /* surrogates U+D800..U+DFFF */
+        }
+        else if (c >= 0xF0 && c <= 0xF4) {
+            more = 3;
+            low = c == 0xF0 ? 0x90 : 0x80;  /* overlong below U+10000 */
+            high = c == 0xF4 ? 0x8F : 0xBF; /* above U+10FFFF */
+        }
+        else {
+            return 0; /* a continuation byte first, C0, C1 or F5..FF */
+        }
+        if (end - p <= more || p[1] < low || p[1] > high) {
+            return 0;
+        }
+        for (Py_ssize_t i = 2; i <= more; i++) {
+            if (p[i] < 0x80 || p[i] > 0xBF) {
+                return 0;
+            }
+        }
+        p += more + 1;
     }
-    if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
-        PyErr_Clear();
-    }
-    return 0;
+    return 1;
 }
 
-enum { READ = 0, LEFT = 1, ERROR = -1 };
+enum { READ = 0, LEFT = 1 };
 
 /* Records one body may hold to be read here: the GIL is held for a whole body, and a
  * longer array goes to the Python path, which checks it in slices. */
 #define MAX_RECORDS 64
 
 /* One flat object at p (its '{') into a row of `numbers` and `slots`: the end of the
- * object, or NULL with *status LEFT (for the Python path) or ERROR (raised). */
+ * object, or NULL for the Python path. Touches no Python object, so the GIL can be
+ * released around it. */
 static const unsigned char *
-read_record(Layout *self, const unsigned char *p, double *numbers, int64_t *slots,
-            int *status)
+read_record(Layout *self, const unsigned char *p, double *numbers, int64_t *slots)
 {
     /* The bytes object ends with a NUL, so scanning stops at the body's end without a
      * check: no token accepted here contains one. */
     uint64_t record = ++self->record;
     Py_ssize_t seen = 0, previous = -1;
-    *status = LEFT;
     if (*p++ != '{') {
         return NULL;
     }
@@ -333,12 +429,10 @@ read_record(Layout *self, const unsigned char *p, double *numbers, int64_t *slot
         p = skip_space(p);
         Py_ssize_t column = self->features.value[f];
         if (column >= 0) {
-            double v;
-            p = read_number(p, &v);
-            if (p == NULL || !isfinite(v)) {
+            p = read_number(p, &numbers[column], self->deferred);
+            if (p == NULL || !isfinite(numbers[column])) {
                 return NULL;
             }
-            numbers[column] = v;
         }
         else {
             column = -1 - column;
@@ -351,8 +445,7 @@ read_record(Layout *self, const unsigned char *p, double *numbers, int64_t *slot
                 return NULL;
             }
             if (!ascii && !valid_utf8(text, p - text)) {
-                *status = PyErr_Occurred() ? ERROR : LEFT; /* LEFT: the Python path's verdict */
-                return NULL;
+                return NULL; /* invalid JSON: the Python path's to count */
             }
             Words *vocabulary = &self->vocabulary[column];
             Py_ssize_t j = words_find(vocabulary, text, p - text);
@@ -373,20 +466,19 @@ read_record(Layout *self, const unsigned char *p, double *numbers, int64_t *slot
 
 /* A JSON array of flat objects at p (its '[') into rows from *rows on, at most
  * `capacity` rows in all and MAX_RECORDS from this array: the end of the array, or
- * NULL with *status set. An empty array is the Python path's ("no_rows"). */
+ * NULL for the Python path. An empty array is the Python path's ("no_rows"). */
 static const unsigned char *
 read_records(Layout *self, const unsigned char *p, double *numbers, int64_t *slots,
-             Py_ssize_t capacity, Py_ssize_t *rows, int *status)
+             Py_ssize_t capacity, Py_ssize_t *rows)
 {
     Py_ssize_t first = *rows;
-    *status = LEFT;
     p = skip_space(p + 1);
     for (;;) {
         if (*rows >= capacity || *rows - first >= MAX_RECORDS) {
             return NULL;
         }
         p = read_record(self, p, numbers + *rows * self->numbers,
-                        slots + *rows * self->categories, status);
+                        slots + *rows * self->categories);
         if (p == NULL) {
             return NULL;
         }
@@ -422,20 +514,19 @@ keyed_array(const unsigned char *p, const char *key, size_t length)
 
 /* One body: one flat object, an array of them, or `{"instances": [...]}` holding them
  * and nothing else, into rows from *rows on (at most `capacity` rows in all). READ (and
- * *rows moved on), LEFT or ERROR (raised). */
+ * *rows moved on) or LEFT. */
 static int
 read_body(Layout *self, const unsigned char *p, const unsigned char *end, double *numbers,
           int64_t *slots, Py_ssize_t capacity, Py_ssize_t *rows)
 {
-    int status = LEFT;
     Py_ssize_t row = *rows;
     const unsigned char *array;
     p = skip_space(p);
     if (*p == '[') {
-        p = read_records(self, p, numbers, slots, capacity, &row, &status);
+        p = read_records(self, p, numbers, slots, capacity, &row);
     }
     else if (*p == '{' && (array = KEYED_ARRAY(p, "\"instances\"")) != NULL) {
-        p = read_records(self, array, numbers, slots, capacity, &row, &status);
+        p = read_records(self, array, numbers, slots, capacity, &row);
         if (p != NULL) {
             p = skip_space(p);
             p = *p == '}' ? p + 1 : NULL; /* other keys beside it: the Python path's */
@@ -443,16 +534,13 @@ read_body(Layout *self, const unsigned char *p, const unsigned char *end, double
     }
     else if (*p == '{' && row < capacity) {
         p = read_record(self, p, numbers + row * self->numbers,
-                        slots + row * self->categories, &status);
+                        slots + row * self->categories);
         row += p != NULL;
     }
     else {
         return LEFT;
     }
-    if (p == NULL) {
-        return status;
-    }
-    if (skip_space(p) != end) {
+    if (p == NULL || skip_space(p) != end) {
         return LEFT;
     }
     *rows = row;
@@ -514,6 +602,46 @@ matrix(PyObject *obj, Py_buffer *view, const char *who, const char *name, int fl
     return 0;
 }
 
+/* One body of a read (any object; only exact bytes are read): READ or LEFT. A body
+ * left takes back the numbers it deferred, whose row is not the caller's. */
+static char
+read_item(Layout *self, PyObject *item, double *numbers, int64_t *slots,
+          Py_ssize_t capacity, Py_ssize_t *rows)
+{
+    if (!PyBytes_CheckExact(item)) {
+        return LEFT;
+    }
+    Py_ssize_t noted = self->deferred != NULL ? self->deferred->count : 0;
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(item);
+    int status = read_body(self, p, p + PyBytes_GET_SIZE(item), numbers, slots, capacity,
+                           rows);
+    if (status != READ && self->deferred != NULL) {
+        self->deferred->count = noted;
+    }
+    return (char)status;
+}
+
+/* The deferred numbers into their places, the GIL held: 0, or -1 with an exception
+ * (no memory, or a token strtod reads otherwise than the grammar did: a bug). */
+static int
+convert_deferred(Deferred *d)
+{
+    for (Py_ssize_t i = 0; i < d->count; i++) {
+        char *end;
+        double v = PyOS_string_to_double(d->start[i], &end, NULL);
+        if (v == -1.0 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (end != d->end[i] || !isfinite(v)) {
+            PyErr_SetString(PyExc_SystemError, "Layout.read: a deferred number read otherwise");
+            return -1;
+        }
+        *d->into[i] = v;
+    }
+    d->count = 0;
+    return 0;
+}
+
 static PyObject *
 layout_read(Layout *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -551,32 +679,78 @@ layout_read(Layout *self, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(bodies);
         return NULL;
     }
-    PyObject *left = PyList_New(0);
+    /* The bodies this call reads: up to `budget` bytes (at least one body). */
     Py_ssize_t n = PySequence_Fast_GET_SIZE(bodies);
-    Py_ssize_t capacity = x.shape[0] < s.shape[0] ? x.shape[0] : s.shape[0];
-    Py_ssize_t rows = 0, spent = 0, i = start;
-    for (; left != NULL && i < n && (budget < 0 || i == start || spent < budget); i++) {
+    Py_ssize_t spent = 0, i = start;
+    for (; i < n && (budget < 0 || i == start || spent < budget); i++) {
         PyObject *item = PySequence_Fast_GET_ITEM(bodies, i);
-        int status = LEFT;
-        if (PyBytes_CheckExact(item)) {
-            spent += PyBytes_GET_SIZE(item);
-            /* Held by our tuple, whatever a finalizer run meanwhile does. */
-            const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(item);
-            status = read_body(self, p, p + PyBytes_GET_SIZE(item), (double *)x.buf,
-                               (int64_t *)s.buf, capacity, &rows);
+        spent += PyBytes_CheckExact(item) ? PyBytes_GET_SIZE(item) : 0;
+    }
+    Py_ssize_t stop = i, count = stop > start ? stop - start : 0;
+    char *read = PyMem_Malloc(count ? count : 1); /* per body: READ or LEFT */
+    if (read == NULL || self->reading) {
+        if (read == NULL) {
+            PyErr_NoMemory();
         }
-        if (status == ERROR) {
-            Py_CLEAR(left);
+        else {
+            PyErr_SetString(PyExc_RuntimeError, "Layout.read: already reading in another thread");
         }
-        else if (status == LEFT) {
-            PyObject *index = PyLong_FromSsize_t(i);
+        PyMem_Free(read);
+        PyBuffer_Release(&x);
+        PyBuffer_Release(&s);
+        Py_DECREF(bodies);
+        return NULL;
+    }
+    /* Parsing touches no Python object: the bodies are held by our tuple and bytes are
+     * immutable, the matrices by their buffers. So the serving thread can run meanwhile
+     * (on another core, or as soon as it wakes on this one). */
+    Py_ssize_t capacity = x.shape[0] < s.shape[0] ? x.shape[0] : s.shape[0];
+    Py_ssize_t rows = 0;
+    Deferred deferred = {0};
+    int failed = 0;
+    self->reading = 1;
+    for (Py_ssize_t j = 0; j < count && !failed;) {
+        self->deferred = &deferred;
+        Py_BEGIN_ALLOW_THREADS
+        for (; j < count; j++) {
+            deferred.wants_gil = 0;
+            read[j] = read_item(self, PySequence_Fast_GET_ITEM(bodies, start + j), x.buf,
+                                s.buf, capacity, &rows);
+            if (deferred.wants_gil) {
+                break;
+            }
+        }
+        Py_END_ALLOW_THREADS
+        self->deferred = NULL;
+        failed = convert_deferred(&deferred) < 0;
+        if (j < count && !failed) {
+            /* A number CPython's strtod must read at once: this body again, the GIL held. */
+            read[j] = read_item(self, PySequence_Fast_GET_ITEM(bodies, start + j), x.buf,
+                                s.buf, capacity, &rows);
+            j++;
+        }
+    }
+    self->reading = 0;
+    deferred_free(&deferred);
+    if (failed) {
+        PyMem_Free(read);
+        PyBuffer_Release(&x);
+        PyBuffer_Release(&s);
+        Py_DECREF(bodies);
+        return NULL;
+    }
+    PyObject *left = PyList_New(0);
+    for (Py_ssize_t j = 0; left != NULL && j < count; j++) {
+        if (read[j] == LEFT) {
+            PyObject *index = PyLong_FromSsize_t(start + j);
             if (index == NULL || PyList_Append(left, index) < 0) {
                 Py_CLEAR(left);
             }
             Py_XDECREF(index);
         }
     }
-    PyObject *result = left == NULL ? NULL : Py_BuildValue("(nnO)", i, rows, left);
+    PyMem_Free(read);
+    PyObject *result = left == NULL ? NULL : Py_BuildValue("(nnO)", stop, rows, left);
     Py_XDECREF(left);
     left = result;
     PyBuffer_Release(&x);
@@ -627,7 +801,7 @@ read_prediction(const unsigned char *p, const unsigned char *end, double *value)
     }
     const unsigned char *number = p = skip_space(p + 1);
     double v;
-    p = read_number(p, &v);
+    p = read_number(p, &v, NULL);
     if (p == NULL || !isfinite(v)) {
         return 0;
     }

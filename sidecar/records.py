@@ -40,7 +40,9 @@ read_predictions: Callable[[Sequence[bytes], Sequence[Any], FloatArray], tuple[i
 read_predictions = compiled("_records", "read_predictions")
 # identity(headers) -> bool: no Content-Encoding, for headers as servers send them.
 identity: Callable[[Any], bool] | None = compiled("_records", "identity")
-CHUNK_BYTES = 16 << 10  # read per call, the GIL held: about 2 ns a byte
+# Read per call (about 2 ns a byte), the GIL released: between calls the worker's pacer
+# may step aside for the serving thread.
+CHUNK_BYTES = 16 << 10
 
 
 class RecordReader:
@@ -75,7 +77,7 @@ class RecordReader:
     ) -> tuple[FloatArray, IntArray, list[int]]:
         """(numbers, slots, left): one row per record read, in order, and the indices of
         the bodies left for the Python path. `pause` runs before each chunk of bodies
-        (the GIL is held while one is read)."""
+        (read with the GIL released: the serving thread may run meanwhile)."""
         n = len(bodies)
         # No record is shorter than its keys, quotes, colons, one-character values,
         # commas and braces: so many rows at most.

@@ -15,6 +15,7 @@ from sidecar import engine as engine_module
 from sidecar.baseline import Baseline
 from sidecar.engine import BLOCK_ROWS, Engine, FeatureWindow
 from sidecar.profile import ProfileOptions, profile_records
+from tests.gil import other_thread_ran_during
 
 
 def _baseline(rows: list[dict[str, Any]], **overrides: Any) -> Baseline:
@@ -493,3 +494,20 @@ def test_an_empty_batch_counts_nothing_on_either_path(wide_baseline: Baseline) -
             block.add(np.empty((0, len(block.names))), engine.window.features)
         snapshots.append(_snapshot(engine))
     assert snapshots[0] == snapshots[1] == _snapshot(Engine(wide_baseline))
+
+
+@pytest.mark.skipif(engine_module._count_block is None, reason="sidecar/_block.c not built")
+def test_the_compiled_block_lets_other_threads_run_while_it_counts(
+    wide_baseline: Baseline,
+) -> None:
+    """The serving thread is not kept waiting on a batch's counts: it runs meanwhile."""
+    engine = Engine(wide_baseline)
+    block = engine.block
+    assert block is not None
+    x = np.random.default_rng(3).normal(50, 10, size=(1_500_000, len(block.names)))
+    features = [engine.window.features[name] for name in block.names]
+    counted: list[Any] = []
+    assert other_thread_ran_during(lambda: counted.append(block._count_compiled(x, features)))
+    buckets, _ = counted[0]
+    assert int(features[0].grid_counts.sum()) == len(x)  # every row counted
+    assert buckets.shape == (len(block.names), len(x))

@@ -10,12 +10,13 @@ import os
 import random
 import struct
 import sys
+import threading
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sidecar import Baseline, records
@@ -24,6 +25,7 @@ from sidecar.engine import Engine
 from sidecar.profile import ProfileOptions
 from sidecar.records import RecordReader
 from sidecar.worker import Monitor, Sample, parse_json
+from tests.gil import other_thread_ran_during
 from tests.hostile import corpus
 from tests.state import assert_same_state, monitor_state
 
@@ -784,3 +786,113 @@ def test_an_integer_minus_zero_reads_as_python_s_zero_and_a_float_keeps_its_sign
     assert signs == [1, -1, -1, 1, -1]
     assert _read_predictions([b'{"predictions":[-0]}', b'{"predictions":[-0.0]}']) == [0.0, -0.0]
     assert math.copysign(1, _read_predictions([b'{"predictions":[-0.0]}'])[0]) == -1
+
+
+@compiled_only
+def test_the_reader_lets_other_threads_run_while_it_parses(baseline: Baseline) -> None:
+    """The serving thread is not kept waiting on the parse: it runs meanwhile."""
+    reader = _reader(baseline)
+    bodies = [orjson.dumps(_row())] * 1_000_000
+    numbers, slots = reader.empty(len(bodies))
+    results: list[Any] = []
+    assert other_thread_ran_during(
+        lambda: results.append(reader.layout.read(bodies, numbers, slots, 0, -1))
+    )
+    assert results[0][:2] == (len(bodies), len(bodies))
+    assert numbers[-1].tolist() == [_row()[name] for name in reader.engine.numbers]
+
+
+@compiled_only
+def test_a_second_read_of_a_layout_while_one_runs_in_another_thread_is_refused(
+    baseline: Baseline,
+) -> None:
+    """The layout's state is the running read's while the GIL is released."""
+    reader = _reader(baseline)
+    bodies = [orjson.dumps(_row())] * 1_000_000
+    numbers, slots = reader.empty(len(bodies))
+    results: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: results.append(reader.layout.read(bodies, numbers, slots, 0, -1))
+    )
+    small = reader.empty(1)
+    refusals = 0
+    thread.start()
+    while thread.is_alive():
+        try:
+            reader.layout.read(bodies[:1], *small)
+        except RuntimeError as error:
+            assert "already reading in another thread" in str(error)
+            refusals += 1
+    thread.join()
+    assert refusals > 0
+    assert results[0][:2] == (len(bodies), len(bodies))
+
+
+@compiled_only
+def test_numbers_read_once_the_gil_is_back_land_in_the_rows_of_their_bodies(
+    baseline: Baseline,
+) -> None:
+    """Past 15 digits a number is read by CPython's strtod, which needs the GIL: noted
+    while it is released and converted after, or its body read again holding it (a
+    huge exponent). A body left to Python takes its notes back, whose row the next body
+    then fills."""
+    long, huge, wide = b"0.12345678901234567", b"1.7976931348623157e308", b"1" * 30
+    bodies = [
+        b'{"x":%s,"y":1,"z":2,"c":"a","d":"uv","w":1}' % long,  # an unknown key: left
+        b'{"x":1.5,"y":1,"z":2,"c":"a","d":"uv"}',
+        b'{"x":%s,"y":%s,"z":2,"c":"a","d":"uv"}' % (huge, long),
+        b'{"x":1e400,"y":%s,"z":2,"c":"a","d":"uv"}' % long,  # infinite: left
+        b'{"x":%s,"y":1,"z":%s,"c":"a","d":"uv"}' % (long, wide),
+    ]
+    reader = _reader(baseline)
+    numbers, _, left = reader.read(bodies)
+    assert left == [0, 3]
+    expected = [json.loads(bodies[i]) for i in (1, 2, 4)]
+    assert numbers.tolist() == [
+        [float(r[name]) for name in reader.engine.numbers] for r in expected
+    ]
+
+
+# Sequences built around UTF-8's edges: a lead byte (or a stray one) and up to three
+# bytes after it, each on either side of the range a well-formed sequence allows there.
+_LEADS = [0x41, 0x80, 0xC0, 0xC1, 0xC2, 0xDF, 0xE0, 0xE1, 0xED, 0xEF, 0xF0, 0xF4, 0xF5, 0xFF]
+_FOLLOWERS = [0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0]
+_utf8_unit = st.tuples(st.sampled_from(_LEADS), st.lists(st.sampled_from(_FOLLOWERS), max_size=3))
+
+
+@compiled_only
+@settings(max_examples=400, deadline=None)
+@given(
+    text=st.one_of(
+        st.lists(_utf8_unit.map(lambda unit: bytes([unit[0], *unit[1]])), max_size=3).map(b"".join),
+        st.text(st.characters(min_codepoint=0x20, exclude_characters='"\\'), max_size=6).map(
+            str.encode
+        ),
+    )
+)
+@example(text=b"\xed\x9f\xbf")  # U+D7FF, the last before the surrogates
+@example(text=b"\xed\xa0\x80")  # a surrogate
+@example(text=b"\xe0\xa0\x80")  # U+0800, the first of three bytes
+@example(text=b"\xe0\x9f\xbf")  # overlong
+@example(text=b"\xc1\xbf")  # overlong
+@example(text=b"\xf0\x90\x80\x80")  # U+10000
+@example(text=b"\xf0\x8f\xbf\xbf")  # overlong
+@example(text=b"\xf4\x8f\xbf\xbf")  # U+10FFFF, the last code point
+@example(text=b"\xf4\x90\x80\x80")  # past it
+@example(text=b"\xe2\x82")  # cut short before the quote
+@example(text=b"\xe2\x82\x41")  # cut short by an ASCII byte
+def test_a_category_is_read_exactly_when_its_bytes_are_utf8_python_decodes(
+    baseline: Baseline, text: bytes
+) -> None:
+    """The reader checks UTF-8 itself (the GIL released): it must agree with CPython's
+    strict decoder, which the Python path's JSON parsing applies."""
+    reader = _reader(baseline)
+    numbers, slots, left = reader.read([b'{"x":1.5,"y":3,"z":2,"c":"a","d":"%s"}' % text])
+    try:
+        value = text.decode("utf-8")
+    except UnicodeDecodeError:
+        assert left == [0]
+        return
+    assert left == []
+    d = reader.engine.categories["d"]
+    assert slots[0, list(reader.engine.categories).index("d")] == d.index.get(value, d.unseen_slot)
