@@ -1,6 +1,7 @@
 """How long the in-process worker keeps the event loop waiting (the GIL), side by side.
 
-One process per run, pinned to one core (the serving core's situation): an asyncio loop
+One process per run, pinned to one core (the serving core's situation; `--cores 0,1`
+lets the worker thread run beside the loop, as in a server not pinned): an asyncio loop
 spins (`await asyncio.sleep(0)`, like a loop with requests always ready) and submits
 serving_load.py's request and response as samples at a fixed rate; the worker thread
 checks them. Every gap between two loop iterations longer than 100 µs is a stall:
@@ -9,6 +10,7 @@ Runs alternate between "none" (no samples: the floor) and the monitor; the table
 medians over rounds.
 
     python bench/worker_stalls.py [--rate 870] [--seconds 6] [--rounds 3] [--other DIR]
+                                  [--cores 0]
 """
 
 from __future__ import annotations
@@ -66,11 +68,14 @@ def child(rate: float, seconds: float, baseline_path: str) -> None:
     print(json.dumps(result))
 
 
-def run(rate: float, seconds: float, baseline_path: str, source: str) -> dict[str, float]:
-    """One child process; `source`: the checkout whose sidecar package it imports."""
+def run(
+    rate: float, seconds: float, baseline_path: str, source: str, cores: str = "0"
+) -> dict[str, float]:
+    """One child process on `cores`; `source`: the checkout whose sidecar package it
+    imports."""
     here = os.path.dirname(os.path.abspath(__file__))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, source])}
-    command = ["taskset", "-c", "0", sys.executable, __file__, CHILD, str(rate), str(seconds)]
+    command = ["taskset", "-c", cores, sys.executable, __file__, CHILD, str(rate), str(seconds)]
     out = subprocess.run(
         [*command, baseline_path], env=env, check=True, capture_output=True, text=True
     ).stdout
@@ -85,6 +90,7 @@ def main() -> None:
     parser.add_argument(
         "--other", help="another checkout of the repository, run side by side (before/after)"
     )
+    parser.add_argument("--cores", default="0", help="the cores the process may run on")
     parser.add_argument(CHILD, nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -102,12 +108,14 @@ def main() -> None:
             sources[f"monitor ({args.other})"] = os.path.abspath(args.other)
         results: dict[str, list[dict[str, float]]] = {"none": []}
         for _ in range(args.rounds):
-            results["none"].append(run(0.0, args.seconds, path, repo))
+            results["none"].append(run(0.0, args.seconds, path, repo, args.cores))
             for name, source in sources.items():
-                results.setdefault(name, []).append(run(args.rate, args.seconds, path, source))
+                results.setdefault(name, []).append(
+                    run(args.rate, args.seconds, path, source, args.cores)
+                )
     print(
         f"event-loop stalls in {args.seconds:g} s, worker checking {args.rate:g} samples/s "
-        f"on the loop's core; medians of {args.rounds} rounds"
+        f"on cores {args.cores}; medians of {args.rounds} rounds"
     )
     keys = [f"over_{t}us" for t in THRESHOLDS_US] + ["stalled_ms", "longest_ms"]
     print("| run | " + " | ".join(k.replace("_", " ") for k in keys) + " |")
