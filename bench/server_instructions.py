@@ -47,6 +47,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,7 +70,13 @@ class Served:
 
 
 def server_instructions(
-    variant: str, requests: int, http: str, loop: str, baseline: str, scale: float = 1.0
+    variant: str,
+    requests: int,
+    http: str,
+    loop: str,
+    baseline: str,
+    scale: float = 1.0,
+    seed: int = 0,
 ) -> Served:
     """Total instructions of a uvicorn process that served `requests` requests."""
     port = sl.free_port()
@@ -81,7 +88,7 @@ def server_instructions(
             f"--callgrind-out-file={out}",
             *uvicorn(http, loop),
         ]
-        served = serve(command, variant, requests, baseline, port, scale)
+        served = serve(command, variant, requests, baseline, port, scale, seed)
         with open(out) as f:
             text = f.read()
         served.collector = collector_instructions(out)
@@ -123,7 +130,13 @@ def uvicorn(http: str, loop: str) -> list[str]:
 
 
 def serve(
-    command: list[str], variant: str, requests: int, baseline: str, port: int, scale: float
+    command: list[str],
+    variant: str,
+    requests: int,
+    baseline: str,
+    port: int,
+    scale: float,
+    seed: int = 0,
 ) -> Served:
     """Runs the server, sends it `requests` requests and stops it cleanly (SIGINT: the
     monitor checks what is queued, callgrind writes its file)."""
@@ -133,7 +146,7 @@ def serve(
         sl.VARIANT_ENV: variant,
         sl.BASELINE_ENV: baseline,
         sl.TIME_SCALE_ENV: repr(scale),
-        "PYTHONHASHSEED": "0",
+        "PYTHONHASHSEED": str(seed),
         "OPENBLAS_NUM_THREADS": "1",
     }
     command = [*command, "--port", str(port)]
@@ -190,6 +203,11 @@ def main() -> None:
     parser.add_argument("--stacks", default="h11/asyncio,httptools/uvloop")
     parser.add_argument("--variants", default=VARIANTS, help=f"of {', '.join(CHOICES)}")
     parser.add_argument(
+        "--seeds", default="0",
+        help="hash seeds: each a layout of the process (the floor moves by 0.5 %% between "
+        "layouts); per variant, the median over them",
+    )  # fmt: skip
+    parser.add_argument(
         "--time-scale", type=float, default=None,
         help="the slowdown under valgrind (default: measured per stack)",
     )  # fmt: skip
@@ -202,10 +220,12 @@ def main() -> None:
     if unknown or (args.time_scale is None and "noop" not in variants):
         sys.exit(f"--variants: unknown {unknown}, or no noop (it measures the time scale)")
     variants.sort(key=lambda v: v != "noop")  # the no-op first: it measures the scale
+    seeds = [int(seed) for seed in args.seeds.split(",")]
     print(f"$ python bench/server_instructions.py {' '.join(sys.argv[1:])}".rstrip())
     print(
         f"uvicorn, one worker, under callgrind; (Ir(3N) - Ir(N)) / 2N with N={args.n}, "
-        "requests one after another on one keep-alive connection"
+        "requests one after another on one keep-alive connection; hash seeds "
+        f"{args.seeds} (a median, with the range, over several)"
     )
     rows = []
     notes = []
@@ -221,13 +241,26 @@ def main() -> None:
             per_request: dict[str, float] = {}
             sampled: dict[str, float] = {}
             collector: dict[str, float] = {}
+            spread: dict[str, str] = {}
             for variant in variants:
                 stretch = 1.0 if scale is None or not variant.startswith("skew-") else scale
-                low = server_instructions(variant, args.n, http, loop, baseline, stretch)
-                high = server_instructions(variant, 3 * args.n, http, loop, baseline, stretch)
-                per_request[variant] = (high.instructions - low.instructions) / (2 * args.n)
-                collector[variant] = (high.collector - low.collector) / (2 * args.n)
-                sampled[variant] = (high.sampled - low.sampled) / (2 * args.n)
+                runs = []
+                for seed in seeds:
+                    low, high = (
+                        server_instructions(variant, n, http, loop, baseline, stretch, seed)
+                        for n in (args.n, 3 * args.n)
+                    )
+                    runs.append((low, high))
+                per_request[variant], spread[variant] = per_layout(
+                    [(high.instructions - low.instructions) / (2 * args.n) for low, high in runs]
+                )
+                collector[variant] = statistics.median(
+                    (high.collector - low.collector) / (2 * args.n) for low, high in runs
+                )
+                sampled[variant] = statistics.fmean(
+                    (high.sampled - low.sampled) / (2 * args.n) for low, high in runs
+                )
+                low = runs[0][0]
                 if variant == "noop" and scale is None:
                     native = native_cpu_per_request(http, loop, baseline)
                     scale = low.cpu_seconds_per_request / native
@@ -239,7 +272,7 @@ def main() -> None:
                 sl.progress(f"{http}/{loop} {variant}: {per_request[variant]:,.0f} Ir/request")
             for variant, ir in per_request.items():
                 rows.append([
-                    f"{http}, {loop}", variant, f"{ir:,.0f}",
+                    f"{http}, {loop}", variant, f"{ir:,.0f}{spread[variant]}",
                     *(over(ir, per_request.get(floor)) for floor in FLOORS),
                     f"{collector[variant]:,.0f}", sl.fmt(sampled[variant], ".4f"),
                 ])  # fmt: skip
@@ -257,6 +290,13 @@ def main() -> None:
 
 
 FLOORS = ("noop", "noop-loaded")
+
+
+def per_layout(values: list[float]) -> tuple[float, str]:
+    """The median of one variant's counts over layouts, and their range to show."""
+    if len(values) == 1:
+        return values[0], ""
+    return statistics.median(values), f" ({min(values):,.0f}–{max(values):,.0f})"
 
 
 def over(ir: float, floor: float | None) -> str:

@@ -107,3 +107,8 @@ def test_the_collector_s_share_is_its_inclusive_count_in_callgrind_s_annotation(
     assert calls[0][0] == "callgrind_annotate" and "--inclusive=yes" in calls[0]
     annotated = "2,265,835,149 (100.0%)  PROGRAM TOTALS\n"  # no collection at all
     assert si.collector_instructions("callgrind.out") == 0
+
+
+def test_over_several_layouts_a_variant_s_count_is_their_median_with_the_range(si: Any) -> None:
+    assert si.per_layout([301_000.0, 304_000.0, 302_000.0]) == (302_000.0, " (301,000–304,000)")
+    assert si.per_layout([300_000.0]) == (300_000.0, "")  # one layout: no range to show
