@@ -260,10 +260,9 @@ def main() -> None:
                 sampled[variant] = statistics.fmean(
                     (high.sampled - low.sampled) / (2 * args.n) for low, high in runs
                 )
-                low = runs[0][0]
                 if variant == "noop" and scale is None:
                     native = native_cpu_per_request(http, loop, baseline)
-                    scale = low.cpu_seconds_per_request / native
+                    scale = runs[0][0].cpu_seconds_per_request / native
                     notes.append(
                         f"{http}/{loop}: the no-op's CPU per request {native * 1e6:.0f} µs at "
                         f"full speed, {scale * native * 1e6:,.0f} µs under valgrind: "

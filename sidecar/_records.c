@@ -165,10 +165,13 @@ is_digit(unsigned char c)
  * is back. Only numbers whose value is surely finite are deferred; any other (a huge
  * exponent, no memory for the note) sets `wants_gil`, and its body is read again with
  * the GIL held. */
+typedef struct {
+    const char *start, *end; /* the token */
+    double *into;
+} Note;
+
 struct Deferred {
-    const char **start;
-    const char **end;
-    double **into;
+    Note *notes; /* the raw allocator's: growable without the GIL */
     Py_ssize_t count;
     Py_ssize_t capacity;
     int wants_gil;
@@ -179,38 +182,15 @@ defer(Deferred *d, const unsigned char *start, const unsigned char *end, double 
 {
     if (d->count == d->capacity) {
         Py_ssize_t capacity = d->capacity ? 2 * d->capacity : 64;
-        /* The raw allocator: callable without the GIL. */
-        const char **starts = PyMem_RawRealloc(d->start, capacity * sizeof(char *));
-        if (starts != NULL) {
-            d->start = starts;
-        }
-        const char **ends = PyMem_RawRealloc(d->end, capacity * sizeof(char *));
-        if (ends != NULL) {
-            d->end = ends;
-        }
-        double **intos = PyMem_RawRealloc(d->into, capacity * sizeof(double *));
-        if (intos != NULL) {
-            d->into = intos;
-        }
-        if (starts == NULL || ends == NULL || intos == NULL) {
+        Note *notes = PyMem_RawRealloc(d->notes, capacity * sizeof(Note));
+        if (notes == NULL) {
             return 0;
         }
+        d->notes = notes;
         d->capacity = capacity;
     }
-    d->start[d->count] = (const char *)start;
-    d->end[d->count] = (const char *)end;
-    d->into[d->count] = into;
-    d->count++;
+    d->notes[d->count++] = (Note){(const char *)start, (const char *)end, into};
     return 1;
-}
-
-static void
-deferred_free(Deferred *d)
-{
-    PyMem_RawFree(d->start);
-    PyMem_RawFree(d->end);
-    PyMem_RawFree(d->into);
-    memset(d, 0, sizeof(Deferred));
 }
 
 /* A JSON number at p (RFC 8259's grammar exactly), or NULL. *value is the correctly
@@ -548,7 +528,7 @@ read_body(Layout *self, const unsigned char *p, const unsigned char *end, double
 }
 
 /* The items of a sequence, held in a tuple of our own: creating an object while
- * reading (the list of bodies left, a UnicodeDecodeError) can run the cyclic GC, whose
+ * reading (the list of bodies left, their indices) can run the cyclic GC, whose
  * finalizers could empty a list the caller passed, and free the items read from it.
  * Not PyList_AsTuple: its own tuple allocation can run that GC while it copies from
  * the list's array. Here the copy runs once the tuple exists, with no allocation. */
@@ -627,16 +607,17 @@ static int
 convert_deferred(Deferred *d)
 {
     for (Py_ssize_t i = 0; i < d->count; i++) {
+        const Note *note = &d->notes[i];
         char *end;
-        double v = PyOS_string_to_double(d->start[i], &end, NULL);
+        double v = PyOS_string_to_double(note->start, &end, NULL);
         if (v == -1.0 && PyErr_Occurred()) {
             return -1;
         }
-        if (end != d->end[i] || !isfinite(v)) {
+        if (end != note->end || !isfinite(v)) {
             PyErr_SetString(PyExc_SystemError, "Layout.read: a deferred number read otherwise");
             return -1;
         }
-        *d->into[i] = v;
+        *note->into = v;
     }
     d->count = 0;
     return 0;
@@ -687,19 +668,16 @@ layout_read(Layout *self, PyObject *const *args, Py_ssize_t nargs)
         spent += PyBytes_CheckExact(item) ? PyBytes_GET_SIZE(item) : 0;
     }
     Py_ssize_t stop = i, count = stop > start ? stop - start : 0;
+    PyObject *result = NULL;
     char *read = PyMem_Malloc(count ? count : 1); /* per body: READ or LEFT */
-    if (read == NULL || self->reading) {
-        if (read == NULL) {
-            PyErr_NoMemory();
-        }
-        else {
-            PyErr_SetString(PyExc_RuntimeError, "Layout.read: already reading in another thread");
-        }
-        PyMem_Free(read);
-        PyBuffer_Release(&x);
-        PyBuffer_Release(&s);
-        Py_DECREF(bodies);
-        return NULL;
+    if (read == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* Checked and set with no Python code between (which could let another thread in). */
+    if (self->reading) {
+        PyErr_SetString(PyExc_RuntimeError, "Layout.read: already reading in another thread");
+        goto done;
     }
     /* Parsing touches no Python object: the bodies are held by our tuple and bytes are
      * immutable, the matrices by their buffers. So the serving thread can run meanwhile
@@ -731,13 +709,9 @@ layout_read(Layout *self, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     self->reading = 0;
-    deferred_free(&deferred);
+    PyMem_RawFree(deferred.notes);
     if (failed) {
-        PyMem_Free(read);
-        PyBuffer_Release(&x);
-        PyBuffer_Release(&s);
-        Py_DECREF(bodies);
-        return NULL;
+        goto done;
     }
     PyObject *left = PyList_New(0);
     for (Py_ssize_t j = 0; left != NULL && j < count; j++) {
@@ -749,14 +723,14 @@ layout_read(Layout *self, PyObject *const *args, Py_ssize_t nargs)
             Py_XDECREF(index);
         }
     }
-    PyMem_Free(read);
-    PyObject *result = left == NULL ? NULL : Py_BuildValue("(nnO)", stop, rows, left);
+    result = left == NULL ? NULL : Py_BuildValue("(nnO)", stop, rows, left);
     Py_XDECREF(left);
-    left = result;
+done:
+    PyMem_Free(read);
     PyBuffer_Release(&x);
     PyBuffer_Release(&s);
     Py_DECREF(bodies);
-    return left;
+    return result;
 }
 
 /* -- responses: `{"predictions": [x]}` ------------------------------------------ */
