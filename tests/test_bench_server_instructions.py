@@ -4,6 +4,7 @@ stretched by valgrind's slowdown, and the cost of a sample derived from two rate
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ def switch_interval() -> Iterator[float]:
     sys.setswitchinterval(before)
 
 
-def test_the_time_scaled_monitor_stretches_its_time_constants_and_divides_its_cap(
+def test_the_time_scaled_monitor_stretches_its_time_constants_and_slows_its_samplers_clock(
     si: Any, tmp_path: Path, switch_interval: float
 ) -> None:
     from prometheus_client import CollectorRegistry
@@ -48,8 +49,13 @@ def test_the_time_scaled_monitor_stretches_its_time_constants_and_divides_its_ca
     assert after._deadline - after.clock() == pytest.approx(after.window_seconds, abs=1.0)
     assert after.pacer.slice == pytest.approx(25 * before.pacer.slice)
     assert after.pacer.busy_pause == pytest.approx(25 * before.pacer.busy_pause)
+    # The sampler keeps its cap but reads a clock 25 times slower, so the cap and the
+    # re-estimates come per request as at full speed: 40 samples a real second.
     sampler = next(iter(scaled.targets.values())).sampler
-    assert sampler.max_per_second == pytest.approx(1000.0 / 25)
+    assert sampler.max_per_second == 1000.0
+    assert sampler.clock() == pytest.approx(time.monotonic() / 25, abs=1e-3)
+    assert sampler._estimated_at == pytest.approx(sampler.clock(), abs=1e-3)
+    assert sampler._filled_at == sampler._estimated_at
     assert sys.getswitchinterval() == pytest.approx(25 * switch_interval)
     # Closing a window starts the next one (a new deadline); the scaled monitor's does not.
     before._deadline = after._deadline = 0.0
