@@ -163,7 +163,7 @@ def _tap_only(app: ASGIApp, **options: Any) -> ASGIApp:
     from sidecar import SkewMiddleware
 
     middleware = SkewMiddleware(app, **options)
-    middleware.monitor._limit = 0  # type: ignore[union-attr]
+    middleware.monitor._queue.limit = 0  # type: ignore[union-attr]
     return middleware
 
 
@@ -187,7 +187,7 @@ def _queue_only(app: ASGIApp, **options: Any) -> ASGIApp:
     def discard() -> int:
         n = len(monitor._queue)
         for _ in range(n):
-            monitor._bytes_out += monitor._queue.popleft().size
+            monitor._queue.popleft()
         return n
 
     monitor.process_pending = discard

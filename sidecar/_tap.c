@@ -6,13 +6,16 @@
  * close) and looks at the message it returns; once the request body is complete it
  * returns the server's own awaitable untouched. `Tap.send(message)` looks at the
  * message and returns the server's `send(message)`. When the exchange ends, the
- * sample (references to the body chunks and header lists) goes to `monitor.submit`,
- * or a drop is counted, exactly as the Python class does. A failure while looking is
+ * sample (references to the body chunks and header lists) goes to the monitor's
+ * `SampleQueue` (defined here too, so the tap reaches its counters without an
+ * attribute lookup) or to `monitor.submit`, or a drop is counted, exactly as the
+ * Python class does. A failure while looking is
  * counted through `monitor._error("worker")` and never reaches the app; what the
  * server's own receive or send raise reaches the app unchanged.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #define FEW_CHUNKS 8 /* bodies of more chunks go to a list (appends stay linear) */
 
@@ -20,13 +23,445 @@ static PyObject *s_type, *s_body, *s_more_body, *s_status, *s_headers, *s_http_r
     *s_http_disconnect, *s_response_body, *s_response_start, *s_request, *s_response,
     *s_response_headers, *s_size, *s_submit, *s_error, *s_worker, *s_counts, *s_dropped,
     *s_too_large, *s_body_incomplete, *s_empty_body, *s_get, *s_throw, *s_close,
+    *s_queue_full, *s_monitor_disabled,
     *empty_bytes, *empty_tuple, *one;
 static PyObject *sample_type; /* sidecar.worker.Sample, set by `use_sample` */
+/* Where Sample's slots are, by `use_sample`: request, response, status, headers,
+ * response_headers, size. */
+#define SAMPLE_SLOTS 6
+static const char *sample_slot_names[SAMPLE_SLOTS] = {
+    "request", "response", "status", "headers", "response_headers", "size"};
+static Py_ssize_t sample_slots[SAMPLE_SLOTS];
 static PyTypeObject *TapType, *ReceivingType;
+
+/* -- the queue to the worker -------------------------------------------------------- */
+
+/* sidecar.sample_queue.PythonSampleQueue, compiled: a ring of (sample, size) that
+ * grows by doubling (up to `limit` entries in use), its counters in the struct. The
+ * loop puts, the worker takes; both hold the GIL, so plain fields are enough. */
+typedef struct {
+    PyObject *sample;
+    Py_ssize_t size;
+} Entry;
+
+typedef struct {
+    PyObject_HEAD
+    Entry *ring;
+    Py_ssize_t capacity, head, length;
+    Py_ssize_t limit;        /* samples queued at most; 0 refuses all */
+    long long max_bytes;     /* body bytes queued at most */
+    long long bytes;         /* body bytes queued now */
+    long long sampled;       /* samples ever queued */
+    Py_ssize_t wake_samples; /* wake the worker once this many wait */
+    PyObject *wake;          /* the worker's Event.set */
+    char woken;              /* wake() called; the worker sets it back to False */
+} SampleQueue;
+
+static PyTypeObject *QueueType;
+
+/* Room for one more sample of `size` bytes. */
+static int
+admits(SampleQueue *q, Py_ssize_t size)
+{
+    return q->length < q->limit && q->bytes + (long long)size <= q->max_bytes;
+}
+
+/* Appends `sample` (a new reference is taken) once `admits` said yes; calls wake()
+ * for a full batch. 0, or -1 with an exception set (the sample is queued even so, as
+ * the Python queue has appended it before waking). */
+static int
+push(SampleQueue *q, PyObject *sample, Py_ssize_t size)
+{
+    if (q->length == q->capacity) {
+        Py_ssize_t grown = q->capacity ? 2 * q->capacity : 64;
+        Entry *ring = PyMem_New(Entry, grown);
+        if (ring == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < q->length; i++) { /* unwrapped, oldest first */
+            ring[i] = q->ring[(q->head + i) % q->capacity];
+        }
+        PyMem_Free(q->ring);
+        q->ring = ring;
+        q->capacity = grown;
+        q->head = 0;
+    }
+    Entry *entry = &q->ring[(q->head + q->length) % q->capacity];
+    entry->sample = Py_NewRef(sample);
+    entry->size = size;
+    q->length++;
+    q->bytes += size;
+    q->sampled++;
+    /* Wake the worker only for a full batch: waking it per sample costs a thread
+     * switch per request and leaves numpy with batches of one row. */
+    if (q->length >= q->wake_samples && !q->woken && q->wake != NULL) {
+        q->woken = 1;
+        PyObject *done = PyObject_CallNoArgs(q->wake);
+        if (done == NULL) {
+            return -1;
+        }
+        Py_DECREF(done);
+    }
+    return 0;
+}
+
+/* The oldest sample (a new reference), its bytes released; NULL when empty. */
+static PyObject *
+pop(SampleQueue *q)
+{
+    if (q->length == 0) {
+        return NULL;
+    }
+    Entry entry = q->ring[q->head];
+    q->head = (q->head + 1) % q->capacity;
+    q->length--;
+    q->bytes -= entry.size;
+    return entry.sample;
+}
+
+static PyObject *
+queue_popleft(SampleQueue *q, PyObject *unused)
+{
+    PyObject *sample = pop(q);
+    if (sample == NULL) {
+        PyErr_SetString(PyExc_IndexError, "pop from an empty queue");
+    }
+    return sample;
+}
+
+static PyObject *
+queue_clear_method(SampleQueue *q, PyObject *unused)
+{
+    PyObject *sample;
+    while ((sample = pop(q)) != NULL) {
+        Py_DECREF(sample);
+    }
+    Py_RETURN_NONE;
+}
+
+/* A Sample's slot (borrowed; NULL when unset), at the offsets `use_sample` found. */
+#define SLOT(sample, i) (*(PyObject **)((char *)(sample) + sample_slots[i]))
+enum { REQUEST, RESPONSE, STATUS, HEADERS, RESPONSE_HEADERS };
+
+/* The one chunk of `chunks` (a tuple or list of one, as the tap keeps them), or NULL. */
+static PyObject *
+only_chunk(PyObject *chunks)
+{
+    if (PyTuple_CheckExact(chunks)) {
+        return PyTuple_GET_SIZE(chunks) == 1 ? PyTuple_GET_ITEM(chunks, 0) : NULL;
+    }
+    if (PyList_CheckExact(chunks)) {
+        return PyList_GET_SIZE(chunks) == 1 ? PyList_GET_ITEM(chunks, 0) : NULL;
+    }
+    return NULL;
+}
+
+/* 200 <= status < 300, as Python compares: 1, 0 or -1. */
+static int
+successful(PyObject *status)
+{
+    if (PyLong_CheckExact(status)) {
+        int overflow;
+        long code = PyLong_AsLongAndOverflow(status, &overflow);
+        return overflow ? 0 : 200 <= code && code < 300;
+    }
+    PyObject *low = PyLong_FromLong(200), *high = PyLong_FromLong(300);
+    int ok = low != NULL && high != NULL ? PyObject_RichCompareBool(status, low, Py_GE) : -1;
+    if (ok == 1) {
+        ok = PyObject_RichCompareBool(status, high, Py_LT);
+    }
+    Py_XDECREF(low);
+    Py_XDECREF(high);
+    return ok;
+}
+
+/* Sorts one sample into the lists of `queue_triage`; 0, or -1 with an exception set. */
+static int
+sort_sample(PyObject *sample, PyObject *identity, int responses, int outputs,
+            PyObject **lists)
+{
+    enum { PLAIN, BODIES, OUTPUTS, OUTPUT_BODIES, OUTPUT_HEADERS, RESPONSES, SLOW };
+    int set = Py_IS_TYPE(sample, (PyTypeObject *)sample_type);
+    for (int i = REQUEST; set && i <= RESPONSE_HEADERS; i++) {
+        set = SLOT(sample, i) != NULL;
+    }
+    PyObject *body = set ? only_chunk(SLOT(sample, REQUEST)) : NULL;
+    int as_is = 0;
+    if (body != NULL) {
+        PyObject *said = PyObject_CallOneArg(identity, SLOT(sample, HEADERS));
+        if (said == NULL) {
+            return -1;
+        }
+        as_is = said == Py_True;
+        Py_DECREF(said);
+    }
+    if (!as_is) { /* the Python path: several chunks, an encoding, odd headers */
+        return PyList_Append(lists[SLOW], sample);
+    }
+    if (PyList_Append(lists[PLAIN], sample) < 0 || PyList_Append(lists[BODIES], body) < 0) {
+        return -1;
+    }
+    if (!responses) {
+        return 0;
+    }
+    PyObject *response = SLOT(sample, RESPONSE);
+    int some = PyObject_IsTrue(response);
+    int ok = some > 0 ? successful(SLOT(sample, STATUS)) : some;
+    if (ok <= 0) {
+        return ok;
+    }
+    PyObject *chunk = outputs ? only_chunk(response) : NULL;
+    if (chunk == NULL) {
+        return PyList_Append(lists[RESPONSES], sample);
+    }
+    return PyList_Append(lists[OUTPUTS], sample) < 0
+                   || PyList_Append(lists[OUTPUT_BODIES], chunk) < 0
+                   || PyList_Append(lists[OUTPUT_HEADERS], SLOT(sample, RESPONSE_HEADERS)) < 0
+               ? -1
+               : 0;
+}
+
+#define TRIAGE_LISTS 7
+
+/* triage(n, identity, responses, outputs): the worker's loop over the next n samples
+ * (Monitor._extract_batch), without a Python step per sample. Returns seven lists:
+ * the plain samples (one request chunk sent as it is: `identity(headers)`) and their
+ * bodies; of those, when `responses`, the successful ones with one response chunk
+ * (when `outputs`), their bodies and header lists, and the other successful ones with
+ * a response; and the samples for the Python path. */
+static PyObject *
+queue_triage(SampleQueue *q, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "triage(n, identity, responses, outputs)");
+        return NULL;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(args[0]);
+    int responses = PyObject_IsTrue(args[2]), outputs = PyObject_IsTrue(args[3]);
+    if ((n == -1 && PyErr_Occurred()) || responses < 0 || outputs < 0) {
+        return NULL;
+    }
+    if (sample_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "sidecar._tap: use_sample() was not called");
+        return NULL;
+    }
+    PyObject *result = PyTuple_New(TRIAGE_LISTS);
+    if (result == NULL) {
+        return NULL;
+    }
+    PyObject *lists[TRIAGE_LISTS];
+    for (int i = 0; i < TRIAGE_LISTS; i++) {
+        lists[i] = PyList_New(0);
+        if (lists[i] == NULL) {
+            Py_DECREF(result);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(result, i, lists[i]);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *sample = pop(q);
+        if (sample == NULL) {
+            break; /* fewer queued than asked (a test's clear) */
+        }
+        int failed = sort_sample(sample, args[1], responses, outputs, lists);
+        Py_DECREF(sample);
+        if (failed < 0) {
+            Py_DECREF(result);
+            return NULL;
+        }
+    }
+    return result;
+}
+
+/* sample.<name> = tuple(sample.<name>) */
+static int
+as_tuple(PyObject *sample, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(sample, name);
+    if (value == NULL) {
+        return -1;
+    }
+    Py_SETREF(value, PySequence_Tuple(value));
+    if (value == NULL) {
+        return -1;
+    }
+    int failed = PyObject_SetAttr(sample, name, value);
+    Py_DECREF(value);
+    return failed;
+}
+
+/* put(sample, size): as PythonSampleQueue.put (attributes set generically: this is
+ * the Python tap's and the tests' way in; the compiled tap builds its samples ready). */
+static PyObject *
+queue_put(SampleQueue *q, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "put(sample, size): 2 arguments");
+        return NULL;
+    }
+    PyObject *sample = args[0];
+    Py_ssize_t size = PyLong_AsSsize_t(args[1]);
+    if (size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (size < 0) {
+        PyErr_SetString(PyExc_ValueError, "put(): a sample's size cannot be negative");
+        return NULL;
+    }
+    if (!admits(q, size)) {
+        Py_RETURN_FALSE;
+    }
+    int failed = PyObject_SetAttr(sample, s_size, args[1]) < 0
+                 || as_tuple(sample, s_headers) < 0
+                 || as_tuple(sample, s_response_headers) < 0 || push(q, sample, size) < 0;
+    if (failed) {
+        return NULL;
+    }
+    Py_RETURN_TRUE;
+}
+
+static Py_ssize_t
+queue_length(SampleQueue *q)
+{
+    return q->length;
+}
+
+/* iter(queue): the samples queued now, oldest first (a snapshot). */
+static PyObject *
+queue_iter(SampleQueue *q)
+{
+    PyObject *samples = PyTuple_New(q->length);
+    if (samples == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < q->length; i++) {
+        PyTuple_SET_ITEM(samples, i, Py_NewRef(q->ring[(q->head + i) % q->capacity].sample));
+    }
+    PyObject *it = PyObject_GetIter(samples);
+    Py_DECREF(samples);
+    return it;
+}
+
+static PyObject *
+queue_bytes(SampleQueue *q, void *unused)
+{
+    return PyLong_FromLongLong(q->bytes);
+}
+
+/* SampleQueue(limit, max_bytes, wake_samples, wake) */
+static PyObject *
+queue_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"limit", "max_bytes", "wake_samples", "wake", NULL};
+    Py_ssize_t limit, wake_samples;
+    long long max_bytes;
+    PyObject *wake;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "nLnO:SampleQueue", names, &limit,
+                                     &max_bytes, &wake_samples, &wake)) {
+        return NULL;
+    }
+    SampleQueue *q = (SampleQueue *)type->tp_alloc(type, 0);
+    if (q == NULL) {
+        return NULL;
+    }
+    q->ring = NULL;
+    q->capacity = q->head = q->length = 0;
+    q->limit = limit;
+    q->max_bytes = max_bytes;
+    q->bytes = q->sampled = 0;
+    q->wake_samples = wake_samples;
+    q->wake = Py_NewRef(wake);
+    q->woken = 0;
+    return (PyObject *)q;
+}
+
+static int
+queue_traverse(SampleQueue *q, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(q));
+    Py_VISIT(q->wake);
+    for (Py_ssize_t i = 0; i < q->length; i++) {
+        Py_VISIT(q->ring[(q->head + i) % q->capacity].sample);
+    }
+    return 0;
+}
+
+static int
+queue_clear(SampleQueue *q)
+{
+    Py_CLEAR(q->wake);
+    PyObject *sample;
+    while ((sample = pop(q)) != NULL) {
+        Py_DECREF(sample);
+    }
+    return 0;
+}
+
+static void
+queue_dealloc(SampleQueue *q)
+{
+    PyObject_GC_UnTrack(q);
+    queue_clear(q);
+    PyMem_Free(q->ring);
+    PyTypeObject *type = Py_TYPE(q);
+    type->tp_free((PyObject *)q);
+    Py_DECREF(type);
+}
+
+#define QUEUE_MEMBER(name, type, field, flags, doc)                                         \
+    {name, type, offsetof(SampleQueue, field), flags, doc}
+
+static PyMemberDef queue_members[] = {
+    QUEUE_MEMBER("limit", T_PYSSIZET, limit, 0, "samples queued at most; 0 refuses all"),
+    QUEUE_MEMBER("max_bytes", T_LONGLONG, max_bytes, READONLY, "body bytes queued at most"),
+    QUEUE_MEMBER("sampled", T_LONGLONG, sampled, READONLY, "samples ever queued"),
+    QUEUE_MEMBER("wake_samples", T_PYSSIZET, wake_samples, 0, "wake the worker at this many"),
+    QUEUE_MEMBER("woken", T_BOOL, woken, 0, "wake() called; set back to False by the worker"),
+    {NULL},
+};
+
+static PyGetSetDef queue_getset[] = {
+    {"bytes", (getter)queue_bytes, NULL, "body bytes the queued samples hold", NULL},
+    {NULL},
+};
+
+static PyMethodDef queue_methods[] = {
+    {"put", (PyCFunction)(void (*)(void))queue_put, METH_FASTCALL,
+     "Queue the sample (of `size` body bytes) unless the queue is full."},
+    {"popleft", (PyCFunction)queue_popleft, METH_NOARGS, "The oldest sample."},
+    {"triage", (PyCFunction)(void (*)(void))queue_triage, METH_FASTCALL,
+     "The next n samples sorted for the worker (see Monitor._extract_batch)."},
+    {"clear", (PyCFunction)queue_clear_method, METH_NOARGS, "Drop every queued sample."},
+    {NULL},
+};
+
+static PyType_Slot queue_slots[] = {
+    {Py_tp_doc, "The samples waiting for the worker (see sidecar.sample_queue)."},
+    {Py_tp_new, queue_new},
+    {Py_tp_methods, queue_methods},
+    {Py_tp_members, queue_members},
+    {Py_tp_getset, queue_getset},
+    {Py_tp_iter, queue_iter},
+    {Py_sq_length, queue_length},
+    {Py_tp_traverse, queue_traverse},
+    {Py_tp_clear, queue_clear},
+    {Py_tp_dealloc, queue_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec queue_spec = {
+    .name = "sidecar._tap.SampleQueue",
+    .basicsize = sizeof(SampleQueue),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = queue_slots,
+};
+
 
 typedef struct {
     PyObject_HEAD
     PyObject *monitor;
+    SampleQueue *queue; /* the monitor's compiled queue, or NULL: monitor.submit */
     PyObject *receive; /* the server's */
     PyObject *send;    /* the server's */
     PyObject *headers; /* scope["headers"] */
@@ -216,6 +651,36 @@ bump(Tap *self, PyObject *reason)
     return failed;
 }
 
+/* A Sample of the exchange, its slots written at their offsets (a generic attribute
+ * set costs about 200 instructions, six of them a sample). `queued`: for the compiled
+ * queue, with the header lists as tuples (see PythonSampleQueue.put for why). */
+static PyObject *
+new_sample(Tap *self, PyObject *response, Py_ssize_t size, int queued)
+{
+    PyTypeObject *type = (PyTypeObject *)sample_type;
+    PyObject *sample = type->tp_alloc(type, 0);
+    if (sample == NULL) {
+        return NULL;
+    }
+    PyObject *headers = queued ? PySequence_Tuple(self->headers) : Py_NewRef(self->headers);
+    PyObject *response_headers = queued ? PySequence_Tuple(self->response_headers)
+                                        : Py_NewRef(self->response_headers);
+    PyObject *bytes = PyLong_FromSsize_t(size);
+    PyObject *values[SAMPLE_SLOTS] = {Py_XNewRef(self->request), Py_NewRef(response),
+                                      Py_XNewRef(self->status), headers, response_headers,
+                                      bytes};
+    int failed = 0;
+    for (int i = 0; i < SAMPLE_SLOTS; i++) {
+        failed |= values[i] == NULL;
+        SLOT(sample, i) = values[i]; /* NULL: unset */
+    }
+    if (failed) {
+        Py_DECREF(sample);
+        return NULL;
+    }
+    return sample;
+}
+
 /* The exchange ended: queue the sample or count why not (once). */
 static int
 finish(Tap *self)
@@ -241,35 +706,31 @@ finish(Tap *self)
     int too_big = self->response_size > self->limit;
     PyObject *response = too_big ? empty_tuple : self->response;
     Py_ssize_t size = self->request_size + (too_big ? 0 : self->response_size);
-    /* Sample's slots set one by one: its Python __init__ costs several times more. */
-    PyTypeObject *type = (PyTypeObject *)sample_type;
-    PyObject *sample = type->tp_alloc(type, 0);
+    SampleQueue *queue = self->queue;
+    if (queue != NULL && !admits(queue, size)) {
+        return bump(self, queue->limit == 0 ? s_monitor_disabled : s_queue_full);
+    }
+    PyObject *sample = new_sample(self, response, queue != NULL ? size : 0, queue != NULL);
     if (sample == NULL) {
         return -1;
     }
-    PyObject *zero = PyLong_FromLong(0);
-    if (zero == NULL || PyObject_SetAttr(sample, s_request, self->request) < 0
-        || PyObject_SetAttr(sample, s_response, response) < 0
-        || PyObject_SetAttr(sample, s_status, self->status) < 0
-        || PyObject_SetAttr(sample, s_headers, self->headers) < 0
-        || PyObject_SetAttr(sample, s_response_headers, self->response_headers) < 0
-        || PyObject_SetAttr(sample, s_size, zero) < 0) {
-        Py_XDECREF(zero);
-        Py_DECREF(sample);
-        return -1;
+    int failed;
+    if (queue != NULL) {
+        failed = push(queue, sample, size);
     }
-    Py_DECREF(zero);
-    PyObject *bytes = PyLong_FromSsize_t(size);
-    if (bytes == NULL) {
-        Py_DECREF(sample);
-        return -1;
+    else {
+        PyObject *bytes = PyLong_FromSsize_t(size);
+        PyObject *done = NULL;
+        if (bytes != NULL) {
+            PyObject *args[3] = {self->monitor, sample, bytes};
+            done = PyObject_VectorcallMethod(s_submit, args, 3, NULL);
+            Py_DECREF(bytes);
+        }
+        Py_XDECREF(done);
+        failed = done == NULL ? -1 : 0;
     }
-    PyObject *args[3] = {self->monitor, sample, bytes};
-    PyObject *done = PyObject_VectorcallMethod(s_submit, args, 3, NULL);
-    Py_DECREF(bytes);
     Py_DECREF(sample);
-    Py_XDECREF(done);
-    return done == NULL ? -1 : 0;
+    return failed;
 }
 
 /* A message the server's receive returned (while the request body is incomplete). */
@@ -740,23 +1201,30 @@ as_limit(PyObject *o, Py_ssize_t *limit)
     return 0;
 }
 
-/* Tap(monitor, responses, limit, scope, receive, send) */
+/* Tap(monitor, queue, responses, limit, scope, receive, send): `queue` the monitor's
+ * SampleQueue, which the finished sample goes to directly, or None: monitor.submit. */
 static PyObject *
 tap_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs != 6 || kwnames != NULL) {
+    if (nargs != 7 || kwnames != NULL) {
         PyErr_SetString(PyExc_TypeError,
-                        "Tap(monitor, responses, limit, scope, receive, send): 6 positional "
-                        "arguments");
+                        "Tap(monitor, queue, responses, limit, scope, receive, send): 7 "
+                        "positional arguments");
         return NULL;
     }
-    int responses = PyObject_IsTrue(args[1]);
+    PyObject *queue = args[1];
+    if (queue != Py_None && !Py_IS_TYPE(queue, QueueType)) {
+        PyErr_Format(PyExc_TypeError, "Tap(): queue must be a SampleQueue or None, not %.200s",
+                     Py_TYPE(queue)->tp_name);
+        return NULL;
+    }
+    int responses = PyObject_IsTrue(args[2]);
     Py_ssize_t limit;
-    if (responses < 0 || as_limit(args[2], &limit) < 0) {
+    if (responses < 0 || as_limit(args[3], &limit) < 0) {
         return NULL;
     }
-    PyObject *headers = lookup(args[3], s_headers, NULL);
+    PyObject *headers = lookup(args[4], s_headers, NULL);
     if (headers == NULL) {
         return NULL;
     }
@@ -766,8 +1234,9 @@ tap_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *k
         return NULL;
     }
     self->monitor = Py_NewRef(args[0]);
-    self->receive = Py_NewRef(args[4]);
-    self->send = Py_NewRef(args[5]);
+    self->queue = queue == Py_None ? NULL : (SampleQueue *)Py_NewRef(queue);
+    self->receive = Py_NewRef(args[5]);
+    self->send = Py_NewRef(args[6]);
     self->headers = headers; /* read in the worker (Content-Encoding) */
     self->request = Py_NewRef(empty_tuple);
     self->response = Py_NewRef(empty_tuple);
@@ -801,6 +1270,7 @@ tap_traverse(Tap *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->monitor);
+    Py_VISIT(self->queue);
     Py_VISIT(self->receive);
     Py_VISIT(self->send);
     Py_VISIT(self->headers);
@@ -815,6 +1285,7 @@ static int
 tap_clear(Tap *self)
 {
     Py_CLEAR(self->monitor);
+    Py_CLEAR(self->queue);
     Py_CLEAR(self->receive);
     Py_CLEAR(self->send);
     Py_CLEAR(self->headers);
@@ -867,6 +1338,25 @@ use_sample(PyObject *module, PyObject *type)
         PyErr_SetString(PyExc_TypeError, "use_sample() takes the Sample class");
         return NULL;
     }
+    Py_ssize_t slots[SAMPLE_SLOTS];
+    for (int i = 0; i < SAMPLE_SLOTS; i++) {
+        PyObject *descriptor = PyObject_GetAttrString(type, sample_slot_names[i]);
+        if (descriptor == NULL) {
+            return NULL;
+        }
+        int slot = Py_IS_TYPE(descriptor, &PyMemberDescr_Type)
+                   && ((PyMemberDescrObject *)descriptor)->d_member->type == T_OBJECT_EX;
+        if (slot) {
+            slots[i] = ((PyMemberDescrObject *)descriptor)->d_member->offset;
+        }
+        Py_DECREF(descriptor);
+        if (!slot) {
+            PyErr_Format(PyExc_TypeError, "use_sample(): %s is not a slot of %R",
+                         sample_slot_names[i], type);
+            return NULL;
+        }
+    }
+    memcpy(sample_slots, slots, sizeof(slots));
     Py_XSETREF(sample_type, Py_NewRef(type));
     Py_RETURN_NONE;
 }
@@ -908,7 +1398,9 @@ PyInit__tap(void)
         || intern(&s_dropped, "dropped") < 0 || intern(&s_too_large, "too_large") < 0
         || intern(&s_body_incomplete, "body_incomplete") < 0
         || intern(&s_empty_body, "empty_body") < 0 || intern(&s_get, "get") < 0
-        || intern(&s_throw, "throw") < 0 || intern(&s_close, "close") < 0) {
+        || intern(&s_throw, "throw") < 0 || intern(&s_close, "close") < 0
+        || intern(&s_queue_full, "queue_full") < 0
+        || intern(&s_monitor_disabled, "monitor_disabled") < 0) {
         return NULL;
     }
     empty_bytes = PyBytes_FromStringAndSize(NULL, 0);
@@ -923,13 +1415,19 @@ PyInit__tap(void)
     }
     ReceivingType = (PyTypeObject *)PyType_FromSpec(&receiving_spec);
     TapType = (PyTypeObject *)PyType_FromSpec(&tap_spec);
-    if (ReceivingType == NULL || TapType == NULL) {
+    QueueType = (PyTypeObject *)PyType_FromSpec(&queue_spec);
+    if (ReceivingType == NULL || TapType == NULL || QueueType == NULL) {
         Py_DECREF(m);
         return NULL;
     }
     TapType->tp_vectorcall = tap_vectorcall;
     if (PyModule_AddObject(m, "Tap", Py_NewRef(TapType)) < 0) {
         Py_DECREF(TapType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddObject(m, "SampleQueue", Py_NewRef(QueueType)) < 0) {
+        Py_DECREF(QueueType);
         Py_DECREF(m);
         return NULL;
     }

@@ -28,6 +28,7 @@ from .metrics import UNKNOWN_MODEL_REQUESTS
 from .models import Routes, model_from_path
 from .multiprocess import multiprocess_dir
 from .report import DriftRule
+from .sample_queue import PythonSampleQueue
 from .sampling import Sampler
 from .tap import DatagramSink
 from .worker import Extractor, Monitor, Sample, _bump
@@ -42,12 +43,16 @@ BaselineSource: TypeAlias = "str | os.PathLike[str] | Baseline"
 class _Target:
     """Where one model's samples go, and its sampler."""
 
-    __slots__ = ("monitor", "sample_responses", "sampler")
+    __slots__ = ("monitor", "queue", "sample_responses", "sampler")
 
     def __init__(self, monitor: Monitor | DatagramSink, sampler: Sampler, responses: bool) -> None:
         self.monitor = monitor
         self.sampler = sampler
         self.sample_responses = responses and monitor.checks_responses
+        # The compiled tap puts samples in the compiled queue itself (no submit call).
+        self.queue = None
+        if isinstance(monitor, Monitor) and type(monitor._queue) is not PythonSampleQueue:
+            self.queue = monitor._queue
 
 
 class _UnknownModels(Collector):
@@ -239,7 +244,13 @@ class SkewMiddleware(Gate):
                 if not monitor.started:
                     monitor.start()  # mounted sub-apps never see lifespan events
                 tap = Tap(
-                    monitor, target.sample_responses, self.max_body_bytes, scope, receive, send
+                    monitor,
+                    target.queue,
+                    target.sample_responses,
+                    self.max_body_bytes,
+                    scope,
+                    receive,
+                    send,
                 )
         except Exception:
             target.monitor._error("worker")
@@ -374,6 +385,7 @@ class _Tap:
     def __init__(
         self,
         monitor: Monitor | DatagramSink,
+        queue: object,  # the compiled tap's way to the queue: this one calls submit
         responses: bool,
         limit: int,
         scope: Scope,

@@ -570,7 +570,7 @@ class Sidecar:
                 monitor = self.monitors[model]
                 monitor.counts.seen += 1
                 if self._chosen(model):
-                    tap = _Tap(monitor, True, self.max_body_bytes, scope, receive, send)
+                    tap = _Tap(monitor, None, True, self.max_body_bytes, scope, receive, send)
                     receive, send = tap.receive, tap.send
         try:
             await proxy.forward(scope, receive, send)

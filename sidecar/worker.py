@@ -1,6 +1,6 @@
 """The background consumer: parse, extract, check, window, export. One queue, one thread.
 
-The serving path only appends a `Sample` to a bounded deque (`Monitor.submit`);
+The serving path only appends a `Sample` to a bounded queue (`Monitor.submit`);
 everything that costs CPU happens here, off the event loop, in batches small
 enough that the thread never holds the GIL for long.
 """
@@ -16,7 +16,6 @@ import os
 import threading
 import time
 import zlib
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -35,6 +34,7 @@ from .multiprocess import Mirror
 from .records import RecordReader, identity, read_predictions
 from .reload import BaselineFile, carry, unchanged
 from .report import DriftRule, WindowReport, build_report
+from .sample_queue import PythonSampleQueue, SampleQueue
 from .sampling import Sampler
 
 logger = logging.getLogger("sidecar")
@@ -309,7 +309,6 @@ class Monitor:
             raise ValueError(f"window_seconds must be positive, got {window_seconds}")
         self.model = model
         self.queue_size = queue_size
-        self.max_queue_bytes = max_queue_bytes  # body bytes queued samples may hold
         self.max_restarts = max_restarts  # worker crashes survived before disabling
         self.window_seconds = window_seconds
         self.rule = rule or DriftRule()
@@ -325,7 +324,6 @@ class Monitor:
         self.pacer.behind = self._behind
         self.max_decompressed_bytes = max_decompressed_bytes
         self.flush_seconds = flush_seconds  # the longest a sample waits to be checked
-        self.wake_samples = wake_samples
         self.export_bins = export_bins
         self.clock = clock
         self.counts = _Counts()
@@ -342,14 +340,14 @@ class Monitor:
         # the worker watches for one (watch_baseline).
         self._next_baseline: Baseline | None = None
         self.baseline_file: BaselineFile | None = None
-        self._queue: deque[Sample] = deque()
-        self._limit = queue_size  # 0 once disabled: every sample is refused
-        # Body bytes queued: added by the loop, removed by the worker (one writer each).
-        self._bytes_in = 0
-        self._bytes_out = 0
+        self._wakeup = threading.Event()
+        # Its limit is 0 once disabled: every sample is refused.
+        self._queue: PythonSampleQueue = SampleQueue(
+            queue_size, max_queue_bytes, wake_samples, self._wakeup.set
+        )
+        self._triaged = type(self._queue) is not PythonSampleQueue  # it sorts in C
         self.restarts = 0
         self.disabled = False
-        self._wakeup = threading.Event()
         self._lock = threading.Lock()  # guards engines, totals and reports
         self._totals = [Window(self.requests.checkers), Window(self.responses.checkers)]
         self._last: list[WindowReport] = []
@@ -454,31 +452,14 @@ class Monitor:
     def submit(self, sample: Sample, size: int = -1) -> bool:
         """Queue a sample without blocking; a full queue (by samples, or by the body
         bytes they hold) drops it and counts the drop. `size`: the sample's body bytes,
-        when the caller has them (else they are added up here)."""
+        when the caller has them (else they are added up here). The compiled tap puts
+        its samples in the queue itself."""
         if size < 0:
             size = _size(sample)
-        sample.size = size
-        if (
-            len(self._queue) >= self._limit
-            or self._bytes_in - self._bytes_out + size > self.max_queue_bytes
-        ):
-            _bump(self.counts.dropped, "monitor_disabled" if self.disabled else "queue_full")
-            return False
-        # Queued samples wait up to a second. The cyclic GC stops tracking a tuple of
-        # bytes at its first collection, but a list (the server's header lists) is
-        # promoted with the sample to the older generations, whose collections take
-        # milliseconds on the serving thread and come sooner the more they are given.
-        sample.headers = tuple(sample.headers)
-        sample.response_headers = tuple(sample.response_headers)
-        self._bytes_in += size
-        self._queue.append(sample)
-        self.counts.sampled += 1
-        # Wake the worker only for a full batch: waking it per sample costs a thread
-        # switch per request and leaves numpy with batches of one row. Otherwise it
-        # wakes on its own every flush_seconds.
-        if len(self._queue) >= self.wake_samples and not self._wakeup.is_set():
-            self._wakeup.set()
-        return True
+        if self._queue.put(sample, size):
+            return True
+        _bump(self.counts.dropped, "monitor_disabled" if self.disabled else "queue_full")
+        return False
 
     def _requests_seen(self) -> int:
         """Requests the in-app tap counted so far (read racily from the worker: any
@@ -488,10 +469,8 @@ class Monitor:
 
     def _behind(self) -> bool:
         """Half the queue's room used, by samples or by their bytes: keep pace."""
-        return (
-            len(self._queue) > self._limit // 2
-            or self._bytes_in - self._bytes_out > self.max_queue_bytes // 2
-        )
+        queue = self._queue
+        return len(queue) > queue.limit // 2 or queue.bytes > queue.max_bytes // 2
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -550,7 +529,7 @@ class Monitor:
     def _disable(self) -> None:
         """Refuse every sample from now on; what is queued is dropped, all counted."""
         self.disabled = True
-        self._limit = 0
+        self._queue.limit = 0
         logger.error(
             "skew monitor %s: worker crashed %d times; disabled, samples are dropped as "
             "monitor_disabled (the app is not affected)",
@@ -558,8 +537,7 @@ class Monitor:
             self.restarts,
         )
         while self._queue:
-            sample = self._queue.popleft()
-            self._bytes_out += sample.size
+            self._queue.popleft()
             _bump(self.counts.rejected, "monitor_disabled")
 
     def _run(self) -> None:
@@ -588,6 +566,7 @@ class Monitor:
                 )
                 self._wakeup.wait(timeout)
                 self._wakeup.clear()
+                self._queue.woken = False  # the next full batch wakes it again
             except Exception:  # the thread must outlive any bug in one batch
                 self._error("worker")
 
@@ -637,12 +616,16 @@ class Monitor:
         plain = self.extractor is None
         reader = self._reader
         check_responses = self.checks_responses
-        tick = self.pacer.tick
-        unread: list[Sample] = []  # plain requests, for the reader
         # One-chunk responses of the one numeric output, for the compiled reader.
         read_outputs = self._prediction_column and read_predictions is not None
-        outputs: list[Sample] = []
         predictions: list[float] = []  # plain numeric predictions read in Python
+        if plain and reader is not None and self._triaged:
+            self._extract_triaged(n, reader, requests, responses, predictions, columns)
+            self._prediction_column_of(predictions, columns)
+            return
+        tick = self.pacer.tick
+        unread: list[Sample] = []  # plain requests, for the reader
+        outputs: list[Sample] = []
         for i in range(n):
             # With a reader, a usual sample takes a couple of µs here (its body is read
             # after the loop): a look at the clock every eighth is often enough for a
@@ -655,7 +638,6 @@ class Monitor:
                 self._extract(sample, requests, responses)
                 tick()  # the slow path may take long: a large or compressed body
                 continue
-            self._bytes_out += sample.size
             if reader is not None:
                 unread.append(sample)
             else:
@@ -667,9 +649,46 @@ class Monitor:
                 else:
                     self._plain_response(sample, responses, predictions)
         if reader is not None and unread:
-            self._read(reader, unread, requests, columns)
+            self._read(reader, unread, [s.request[0] for s in unread], requests, columns)
         if outputs:
-            self._read_outputs(outputs, responses, predictions, columns)
+            bodies = [s.response[0] for s in outputs]
+            headers = [s.response_headers for s in outputs]
+            self._read_outputs(outputs, bodies, headers, responses, predictions, columns)
+        self._prediction_column_of(predictions, columns)
+
+    def _extract_triaged(
+        self,
+        n: int,
+        reader: RecordReader,
+        requests: list[Any],
+        responses: list[Any],
+        predictions: list[float],
+        columns: list[Columns],
+    ) -> None:
+        """`_extract_batch`'s loop with the compiled queue sorting the samples, without
+        a Python step per sample: the usual exchanges go to the readers in bulk, the
+        others one by one as the loop takes them."""
+        read_outputs = self._prediction_column and read_predictions is not None
+        tick = self.pacer.tick
+        tick()
+        triage = self._queue.triage  # type: ignore[attr-defined]
+        sorted_ = triage(n, _sent_as_is, self.checks_responses, read_outputs)
+        plain, bodies, outputs, output_bodies, output_headers, others, slow = sorted_
+        for sample in slow:
+            self._extract(sample, requests, responses)
+            tick()  # the slow path may take long: a large or compressed body
+        if plain:
+            self._read(reader, plain, bodies, requests, columns)
+        for sample in others:
+            tick()
+            self._plain_response(sample, responses, predictions)
+        if outputs:
+            self._read_outputs(
+                outputs, output_bodies, output_headers, responses, predictions, columns
+            )
+
+    def _prediction_column_of(self, predictions: list[float], columns: list[Columns]) -> None:
+        """Predictions read in Python, as one more block of the prediction column."""
         if predictions:
             numbers = np.array(predictions, dtype=np.float64).reshape(-1, 1)
             columns.append((self.responses, numbers, np.empty((len(numbers), 0), np.int64)))
@@ -704,16 +723,16 @@ class Monitor:
     def _read_outputs(
         self,
         samples: list[Sample],
+        bodies: list[bytes],
+        headers: list[Headers],
         responses: list[Any],
         predictions: list[float],
         columns: list[Columns],
     ) -> None:
-        """One-chunk responses read by the compiled reader into the prediction column
-        when they are `{"predictions": [x]}`, without Python objects per sample; the
-        others, as `_plain_response` reads them."""
+        """One-chunk responses (`bodies`, with their `headers`) read by the compiled
+        reader into the prediction column when they are `{"predictions": [x]}`, without
+        Python objects per sample; the others, as `_plain_response` reads them."""
         numbers = np.empty((len(samples), 1), dtype=np.float64)
-        bodies = [sample.response[0] for sample in samples]
-        headers = [sample.response_headers for sample in samples]
         left: Sequence[int]
         try:
             rows, left = read_predictions(bodies, headers, numbers)
@@ -729,11 +748,12 @@ class Monitor:
         self,
         reader: RecordReader,
         samples: list[Sample],
+        bodies: list[bytes],
         requests: list[Any],
         columns: list[Columns],
     ) -> None:
-        """Plain requests into `columns`; those the reader leaves, as rows."""
-        bodies = [sample.request[0] for sample in samples]
+        """Plain requests (one-chunk `bodies`) into `columns`; those the reader leaves,
+        as rows."""
         try:
             numbers, slots, left = reader.read(bodies, self.pacer.tick)
         except Exception:  # counted; the Python path reads them all
@@ -764,7 +784,6 @@ class Monitor:
 
     def _extract(self, sample: Sample, requests: list[Any], responses: list[Any]) -> None:
         """The sample's rows; the sample counts once: as checked, or dropped by reason."""
-        self._bytes_out += sample.size
         reason = self._request_rows(sample, requests) if sample.request else "empty_body"
         if self.checks_responses and sample.response and 200 <= sample.status < 300:
             n = len(responses)
@@ -977,7 +996,7 @@ class Monitor:
             last_window=last,
             window_end=self._window_end_unix,
             seen=seen,
-            sampled=c.sampled,
+            sampled=self._queue.sampled,
             checked=c.checked,
             dropped=dropped,
             errors=dict(c.errors),

@@ -17,7 +17,7 @@ def monitor_state(monitor: Monitor) -> dict[str, Any]:
         "checked": counts.checked,
         "rejected": counts.rejected,
         "errors": counts.errors,
-        "bytes": monitor._bytes_out,
+        "queued bytes": monitor._queue.bytes,
     }
     for engine in (monitor.requests, monitor.responses):
         window = engine.window

@@ -44,6 +44,7 @@ VERSION_TESTS = (
     "test_gate.py",
     "test_records.py",
     "test_middleware.py",
+    "test_sample_queue.py",
     "test_sampling_compiled.py",
     "test_tap_awaiting.py",
     "test_worker.py",
@@ -56,6 +57,7 @@ SANITIZED_TESTS = (
     "test_records.py",
     "test_middleware.py",
     "test_hostile.py",
+    "test_sample_queue.py",
     "test_sampling_compiled.py",
     "test_tap_awaiting.py",
 )

@@ -281,9 +281,9 @@ def test_shutdown_under_load_flushes_the_last_window_and_leaves_no_thread(
     stop.set()
     producer.join()
     assert not [t for t in threading.enumerate() if t.name == "skew-monitor-shutdown"]
-    c = monitor.counts
-    assert c.sampled == c.checked + sum(c.rejected.values()) + len(monitor._queue)
-    assert c.sampled + c.dropped.get("queue_full", 0) == submitted[0]
+    c, sampled = monitor.counts, monitor._queue.sampled
+    assert sampled == c.checked + sum(c.rejected.values()) + len(monitor._queue)
+    assert sampled + c.dropped.get("queue_full", 0) == submitted[0]
     snap = monitor.snapshot()
     assert snap.windows == 1  # the last window was closed at stop
     # Everything queued before stop returned was checked; later samples wait in the queue.

@@ -102,7 +102,7 @@ def test_both_gates_sample_and_count_every_request_alike(baseline: Baseline) -> 
     run(mw, 50)
     sampler = mw.targets["default"].sampler
     assert sampler.seen == 50
-    assert mw.monitor.counts.sampled == 50
+    assert mw.monitor._queue.sampled == 50
     assert len(mw.monitor._queue) == 50
     # Compiled: only the first request (it routed the path) took the Python decision;
     # the others were tapped by Python from C.
@@ -115,7 +115,7 @@ def test_the_rate_cap_still_decides_sampled_requests(baseline: Baseline) -> None
     sampler.clock = lambda: sampler._estimated_at  # no re-estimate, however slow the run
     run(mw, 40)
     assert sampler.seen == 40
-    assert mw.monitor.counts.sampled == 10  # a second's worth of tokens
+    assert mw.monitor._queue.sampled == 10  # a second's worth of tokens
     assert sampler.rate_limited == 30
 
 
@@ -169,7 +169,7 @@ def test_the_compiled_sampler_is_counted_down_in_its_struct(
     assert type(sampler) is Sampler
     run(mw, 400)
     assert sampler.seen == 400
-    sampled = mw.monitor.counts.sampled
+    sampled = mw.monitor._queue.sampled
     assert mw.dispatched == 1  # the path's first request (samples go to _sampled)
     assert (
         (sampled == 0) if rate == 0.0 else (sampled == 400 if rate == 1.0 else 50 < sampled < 150)
@@ -222,7 +222,7 @@ def test_the_request_whose_countdown_reaches_zero_is_sampled(
     sampler._gap = 1  # what the sampler counts as this gap's requests when it ends
     sampler._draw = lambda: 1 << 62  # then never again
     run(mw, 1)
-    assert mw.monitor.counts.sampled == sampled
+    assert mw.monitor._queue.sampled == sampled
     assert sampler.countdown == (1 << 62 if sampled else countdown - 1)
 
 
@@ -304,7 +304,7 @@ def test_servers_that_inspect_the_app_take_it_for_asgi3(baseline: Baseline) -> N
     # Called by that name, it does what a call does.
     exchange = asyncio.run(request(mw.__call__, chunks=[b'{"x": 1}']))
     assert (exchange.status, exchange.body) == (200, b"{}")
-    assert mw.monitor.counts.sampled == 1
+    assert mw.monitor._queue.sampled == 1
 
 
 def test_the_middleware_adds_no_coroutine_of_its_own_to_a_request(baseline: Baseline) -> None:

@@ -327,7 +327,8 @@ def test_a_sampled_request_holds_no_reference_once_its_sample_is_gone(
 
 def direct_tap(baseline: Baseline, receive: Any, limit: Any = 1 << 20) -> Any:
     mw = tapped(baseline, None)
-    return Tap(mw.monitor, True, limit, scope(), receive, _ignore), mw
+    target = next(iter(mw.targets.values()))
+    return Tap(mw.monitor, target.queue, True, limit, scope(), receive, _ignore), mw
 
 
 @pytest.mark.parametrize("kind", ["coroutine", "future"])

@@ -105,7 +105,8 @@ def _samples(draw: st.DrawFn) -> Sample:
         request = [b"{not json"] if draw(st.booleans()) else [b""]
     if draw(st.integers(0, 7)) == 0:
         response = [b"[1, "]
-    status = draw(st.sampled_from([200, 200, 201, 400, 500]))
+    # Statuses a server sends, and odd ones a caller of submit() might pass.
+    status = draw(st.sampled_from([200, 200, 201, 400, 500, 299, 300, 2**70, 250.5, True]))
     return Sample(request, response, status, headers, response_headers)
 
 
