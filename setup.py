@@ -6,10 +6,15 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "sidecar._gate", ["sidecar/_gate.c"], depends=["sidecar/_sampling.h"], optional=True
+            "sidecar._gate",
+            ["sidecar/_gate.c"],
+            depends=["sidecar/_sampling.h", "sidecar/_counted.h"],
+            optional=True,
         ),
         Extension("sidecar._records", ["sidecar/_records.c"], optional=True),
-        Extension("sidecar._tap", ["sidecar/_tap.c"], optional=True),
+        Extension(
+            "sidecar._tap", ["sidecar/_tap.c"], depends=["sidecar/_counted.h"], optional=True
+        ),
         Extension("sidecar._block", ["sidecar/_block.c"], optional=True),
         Extension(
             "sidecar._sampling",

@@ -4,17 +4,20 @@
  * SkewMiddleware subclasses `Gate`. A call looks at the scope (type, method, path),
  * finds the path's target in the middleware's `_routed` cache and counts its sampler
  * down, all through the C API; an unsampled request then returns `app(scope, receive,
- * send)`, the app's own coroutine. Anything else (a sampled request, a path not cached
- * yet, lifespan, websocket, the debug page, a scope or attribute of a type not handled
- * here) goes to the Python method `_dispatch`, which does exactly what the pure-Python
- * gate (sidecar/gate.py) does for every request. So the C path only ever skips work
- * whose outcome is "pass the request through untouched", and it raises only what the
- * Python path would raise (a lookup that fails with an exception raises it).
+ * send)`, the app's own coroutine. A request whose countdown ran out is tapped here
+ * too, as the middleware's `_sampled` would tap it, where the compiled tap was built.
+ * Anything else (a path not cached yet, lifespan, websocket, the debug page, a scope
+ * or attribute of a type not handled here) goes to the Python method `_dispatch`,
+ * which does exactly what the pure-Python gate (sidecar/gate.py) does for every
+ * request. So the C path only ever skips work whose outcome is "pass the request
+ * through untouched" or "tap it", and it raises only what the Python path would raise
+ * (a lookup that fails with an exception raises it).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
 
+#include "_counted.h"
 #include "_sampling.h"
 
 typedef struct {
@@ -23,11 +26,15 @@ typedef struct {
     PyObject *methods;     /* frozenset of upper-case methods that are watched */
     PyObject *routed;      /* dict: path -> target (or None: not watched) */
     PyObject *debug_paths; /* frozenset, empty unless the debug page is served */
+    PyObject *max_body_bytes;
     vectorcallfunc vectorcall;
 } Gate;
 
 static PyObject *s_type, *s_http, *s_method, *s_path, *s_sampler, *s_countdown,
-    *s_dispatch, *s_sampled;
+    *s_dispatch, *s_sampled, *s_monitor, *s_queue, *s_sample_responses, *s_take, *s_started,
+    *s_start, *s_receive, *s_send;
+/* sidecar._tap.Tap, or NULL where it was not built: sampled requests go to `_sampled`. */
+static PyObject *tap_type;
 /* sidecar._sampling.SamplerCore, or NULL where it was not built: a sampler of that
  * type is counted down in its struct, unless its class replaced `countdown` (a
  * property, say). `countdown_member` is SamplerCore's own descriptor; `plain_type`
@@ -122,6 +129,97 @@ count_down(PyObject *target)
     return value - 1 <= 0;
 }
 
+/* The tap of a request whose countdown ran out, unless the cap refuses it: its receive
+ * and send (the server's own send when responses are not read) in *receive and *send,
+ * 1; 0 when the cap refused; -1 with an exception set. The Python `_sampled`'s try. */
+static int
+tapped(Gate *self, PyObject *target, PyObject *monitor, PyObject *const *args,
+       PyObject **receive, PyObject **send)
+{
+    PyObject *sampler = PyObject_GetAttr(target, s_sampler);
+    if (sampler == NULL) {
+        return -1;
+    }
+    PyObject *taken = PyObject_CallMethodNoArgs(sampler, s_take);
+    Py_DECREF(sampler);
+    int truth = taken == NULL ? -1 : PyObject_IsTrue(taken);
+    Py_XDECREF(taken);
+    if (truth <= 0) {
+        return truth;
+    }
+    PyObject *started = PyObject_GetAttr(monitor, s_started);
+    truth = started == NULL ? -1 : PyObject_IsTrue(started);
+    Py_XDECREF(started);
+    if (truth == 0) { /* mounted sub-apps never see lifespan events */
+        PyObject *done = PyObject_CallMethodNoArgs(monitor, s_start);
+        truth = done == NULL ? -1 : 1;
+        Py_XDECREF(done);
+    }
+    if (truth < 0) {
+        return -1;
+    }
+    PyObject *queue = PyObject_GetAttr(target, s_queue);
+    PyObject *responses = queue == NULL ? NULL : PyObject_GetAttr(target, s_sample_responses);
+    PyObject *tap = NULL;
+    if (responses != NULL) {
+        PyObject *limit = Py_NewRef(self->max_body_bytes);
+        PyObject *call[7] = {monitor, queue, responses, limit, args[0], args[1], args[2]};
+        tap = PyObject_Vectorcall(tap_type, call, 7, NULL);
+        Py_DECREF(limit);
+    }
+    int read_responses = tap == NULL ? -1 : PyObject_IsTrue(responses);
+    Py_XDECREF(queue);
+    Py_XDECREF(responses);
+    if (read_responses < 0) {
+        Py_XDECREF(tap);
+        return -1;
+    }
+    *receive = PyObject_GetAttr(tap, s_receive);
+    /* Nothing to read in the response: the request is submitted once its body is
+     * complete, and `send` goes untouched. */
+    *send = read_responses ? PyObject_GetAttr(tap, s_send) : Py_NewRef(args[2]);
+    Py_DECREF(tap);
+    if (*receive == NULL || *send == NULL) {
+        Py_CLEAR(*receive);
+        Py_CLEAR(*send);
+        return -1;
+    }
+    return 1;
+}
+
+/* The countdown ran out: what the middleware's `_sampled` does (the Python gate's
+ * way), in C where the compiled tap was built. The app's coroutine for the request,
+ * tapped unless the cap refuses it; a failure up to the tap is counted through the
+ * monitor and the request passes untouched. */
+static PyObject *
+sampled(Gate *self, PyObject *target, PyObject *const *args)
+{
+    if (tap_type == NULL || self->max_body_bytes == NULL) {
+        /* self._sampled(target, scope, receive, send) */
+        PyObject *stack[5] = {(PyObject *)self, target, args[0], args[1], args[2]};
+        return PyObject_VectorcallMethod(s_sampled, stack, 5, NULL);
+    }
+    PyObject *monitor = PyObject_GetAttr(target, s_monitor);
+    if (monitor == NULL) {
+        return NULL; /* the Python path's `except` needs it too, and raises */
+    }
+    PyObject *receive = NULL, *send = NULL;
+    int tap = tapped(self, target, monitor, args, &receive, &send);
+    if (tap < 0 && count_exception(monitor, "worker") < 0) {
+        Py_DECREF(monitor);
+        return NULL; /* not an Exception: raised, as `except Exception` raises it */
+    }
+    Py_DECREF(monitor);
+    PyObject *call[3] = {args[0], tap > 0 ? receive : args[1], tap > 0 ? send : args[2]};
+    /* Held for the call: the app may replace `self.app` while it runs. */
+    PyObject *app = Py_NewRef(self->app);
+    PyObject *result = PyObject_Vectorcall(app, call, 3, NULL);
+    Py_DECREF(app);
+    Py_XDECREF(receive);
+    Py_XDECREF(send);
+    return result;
+}
+
 /* Exactly a set or frozenset: a subclass may change `in` or truth, which the C API's
  * set functions would ignore. */
 static int
@@ -184,9 +282,7 @@ gate_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObje
                 return due == -1 ? NULL : slow(self, args, nargsf, kwnames);
             }
             if (due) {
-                /* self._sampled(target, scope, receive, send) */
-                PyObject *stack[5] = {(PyObject *)self, target, args[0], args[1], args[2]};
-                PyObject *result = PyObject_VectorcallMethod(s_sampled, stack, 5, NULL);
+                PyObject *result = sampled(self, target, args);
                 Py_DECREF(target);
                 return result;
             }
@@ -225,6 +321,7 @@ gate_traverse(Gate *self, visitproc visit, void *arg)
     Py_VISIT(self->methods);
     Py_VISIT(self->routed);
     Py_VISIT(self->debug_paths);
+    Py_VISIT(self->max_body_bytes);
     return 0;
 }
 
@@ -235,6 +332,7 @@ gate_clear(Gate *self)
     Py_CLEAR(self->methods);
     Py_CLEAR(self->routed);
     Py_CLEAR(self->debug_paths);
+    Py_CLEAR(self->max_body_bytes);
     return 0;
 }
 
@@ -263,6 +361,8 @@ static PyMemberDef gate_members[] = {
     {"methods", T_OBJECT_EX, offsetof(Gate, methods), 0, "watched methods (frozenset)"},
     {"_routed", T_OBJECT_EX, offsetof(Gate, routed), 0, "path -> target cache (dict)"},
     {"debug_paths", T_OBJECT_EX, offsetof(Gate, debug_paths), 0, "the debug page's paths"},
+    {"max_body_bytes", T_OBJECT_EX, offsetof(Gate, max_body_bytes), 0,
+     "bodies over this many bytes are not kept"},
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(Gate, vectorcall), READONLY},
     {NULL},
 };
@@ -306,8 +406,27 @@ PyInit__gate(void)
     if (intern(&s_type, "type") < 0 || intern(&s_http, "http") < 0
         || intern(&s_method, "method") < 0 || intern(&s_path, "path") < 0
         || intern(&s_sampler, "sampler") < 0 || intern(&s_countdown, "countdown") < 0
-        || intern(&s_dispatch, "_dispatch") < 0 || intern(&s_sampled, "_sampled") < 0) {
+        || intern(&s_dispatch, "_dispatch") < 0 || intern(&s_sampled, "_sampled") < 0
+        || intern(&s_monitor, "monitor") < 0 || intern(&s_queue, "queue") < 0
+        || intern(&s_sample_responses, "sample_responses") < 0 || intern(&s_take, "take") < 0
+        || intern(&s_started, "started") < 0 || intern(&s_start, "start") < 0
+        || intern(&s_receive, "receive") < 0 || intern(&s_send, "send") < 0) {
         return NULL;
+    }
+    /* The compiled tap, where it was built (else sampled requests take `_sampled`). */
+    PyObject *tap_module = PyImport_ImportModule("sidecar._tap");
+    if (tap_module == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_ImportError)) {
+            return NULL;
+        }
+        PyErr_Clear();
+    }
+    else {
+        tap_type = PyObject_GetAttrString(tap_module, "Tap");
+        Py_DECREF(tap_module);
+        if (tap_type == NULL) {
+            return NULL;
+        }
     }
     /* The compiled sampler, where it was built (else samplers are counted down through
      * their attribute). */

@@ -197,8 +197,8 @@ defer(Deferred *d, const unsigned char *start, const unsigned char *end, double 
  * rounded double: in one IEEE operation when it has at most 15 digits and the power of
  * ten is an exact double (Clinger's fast path), else by CPython's own strtod, at once
  * (`deferred` NULL: the GIL is held) or once the GIL is back (noted in `deferred`, and
- * *value 0 meanwhile). The grammar is checked first; the digits are then gathered in
- * one tight loop. */
+ * *value 0 meanwhile). The digits are gathered in the same pass that checks the
+ * grammar. */
 static const unsigned char *
 read_number(const unsigned char *p, double *value, Deferred *deferred)
 {
@@ -206,12 +206,16 @@ read_number(const unsigned char *p, double *value, Deferred *deferred)
     int negative = *p == '-';
     p += negative;
     const unsigned char *whole = p;
+    /* The digits as one integer, gathered while the grammar is checked: it wraps past
+     * 19 digits, and is used only for 15 or fewer. */
+    uint64_t digits = 0;
     if (*p == '0') {
         p++;
     }
     else if (*p >= '1' && *p <= '9') {
-        while (is_digit(*++p)) {
-        }
+        do {
+            digits = digits * 10 + (uint64_t)(*p++ - '0');
+        } while (is_digit(*p));
     }
     else {
         return NULL;
@@ -222,8 +226,9 @@ read_number(const unsigned char *p, double *value, Deferred *deferred)
         if (!is_digit(*p)) {
             return NULL;
         }
-        while (is_digit(*++p)) {
-        }
+        do {
+            digits = digits * 10 + (uint64_t)(*p++ - '0');
+        } while (is_digit(*p));
         fraction_end = p;
     }
     int exponent = 0, exact = 1, integer = fraction == whole_end;
@@ -249,13 +254,7 @@ read_number(const unsigned char *p, double *value, Deferred *deferred)
     }
     Py_ssize_t places = fraction_end - fraction;
     if (exact && (whole_end - whole) + places <= 15) {
-        uint64_t digits = 0; /* below 10^15 < 2^53: exact as a double */
-        for (const unsigned char *q = whole; q < whole_end; q++) {
-            digits = digits * 10 + (*q - '0');
-        }
-        for (const unsigned char *q = fraction; q < fraction_end; q++) {
-            digits = digits * 10 + (*q - '0');
-        }
+        /* digits is below 10^15 < 2^53: exact as a double */
         int power = exponent - (int)places;
         if (power >= -22 && power <= 22) {
             double v = (double)digits;

@@ -17,11 +17,13 @@
 #include <Python.h>
 #include <structmember.h>
 
+#include "_counted.h"
+
 #define FEW_CHUNKS 8 /* bodies of more chunks go to a list (appends stay linear) */
 
 static PyObject *s_type, *s_body, *s_more_body, *s_status, *s_headers, *s_http_request,
     *s_http_disconnect, *s_response_body, *s_response_start, *s_request, *s_response,
-    *s_response_headers, *s_size, *s_submit, *s_error, *s_worker, *s_counts, *s_dropped,
+    *s_response_headers, *s_size, *s_submit, *s_counts, *s_dropped,
     *s_too_large, *s_body_incomplete, *s_empty_body, *s_get, *s_throw, *s_close,
     *s_queue_full, *s_monitor_disabled,
     *empty_bytes, *empty_tuple, *one;
@@ -483,32 +485,11 @@ typedef struct {
 
 /* -- counting failures ----------------------------------------------------------- */
 
-/* The exception set now, counted as the Python tap counts it (monitor._error, which
- * logs it once with its traceback); cleared. Only Exception: anything else (a
- * KeyboardInterrupt) is left set, as the Python tap's `except Exception` leaves it. */
+/* The exception set now, counted through the monitor (see _counted.h) and cleared. */
 static int
 counted(Tap *self)
 {
-    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
-        return -1;
-    }
-    PyObject *type, *value, *traceback;
-    PyErr_Fetch(&type, &value, &traceback);
-    PyErr_NormalizeException(&type, &value, &traceback);
-    if (traceback != NULL && value != NULL) {
-        PyException_SetTraceback(value, traceback);
-    }
-    /* The handled exception while `_error` runs, for its logger.exception. */
-    PyObject *old_type, *old_value, *old_traceback;
-    PyErr_GetExcInfo(&old_type, &old_value, &old_traceback);
-    PyErr_SetExcInfo(type, value, traceback);
-    PyObject *done = PyObject_CallMethodOneArg(self->monitor, s_error, s_worker);
-    if (done == NULL) {
-        PyErr_Clear(); /* the monitor's own failure: nothing more to do */
-    }
-    Py_XDECREF(done);
-    PyErr_SetExcInfo(old_type, old_value, old_traceback);
-    return 0;
+    return count_exception(self->monitor, "worker");
 }
 
 /* -- looking at messages ---------------------------------------------------------- */
@@ -1393,8 +1374,7 @@ PyInit__tap(void)
         || intern(&s_response_start, "http.response.start") < 0
         || intern(&s_request, "request") < 0 || intern(&s_response, "response") < 0
         || intern(&s_response_headers, "response_headers") < 0 || intern(&s_size, "size") < 0
-        || intern(&s_submit, "submit") < 0 || intern(&s_error, "_error") < 0
-        || intern(&s_worker, "worker") < 0 || intern(&s_counts, "counts") < 0
+        || intern(&s_submit, "submit") < 0 || intern(&s_counts, "counts") < 0
         || intern(&s_dropped, "dropped") < 0 || intern(&s_too_large, "too_large") < 0
         || intern(&s_body_incomplete, "body_incomplete") < 0
         || intern(&s_empty_body, "empty_body") < 0 || intern(&s_get, "get") < 0

@@ -624,3 +624,61 @@ def test_queued_samples_leave_the_garbage_collector_little_to_promote(baseline: 
         mw.monitor._queue.clear()
         mw.monitor._thread = None
     assert tracked <= 2.5 * n  # the Sample (its chunks and headers are tuples of bytes)
+
+
+class _TapFailure(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("failure", ["take", "start", "tap"])
+def test_a_failure_while_tapping_is_counted_logged_once_and_the_request_passes_untouched(
+    baseline: Baseline, failure: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cap's decision, the lazy start and the tap's construction are the monitor's:
+    what fails there is counted, and the app gets the server's own receive and send.
+    The path's first request is routed in Python, the others in the compiled gate."""
+    from sidecar.sampling import Sampler
+
+    class Failing(Sampler):  # type: ignore[misc, valid-type]
+        def take(self) -> bool:
+            raise _TapFailure("take")
+
+    def failing_start() -> None:
+        raise _TapFailure("start")
+
+    given: list[tuple[Any, Any]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        given.append((receive, send))
+        message = await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": message["body"]})
+
+    mw = SkewMiddleware(
+        app, baseline=baseline, registry=CollectorRegistry(), model="m", window_seconds=3600
+    )
+    _created.append(mw)
+    if failure == "take":
+        mw.targets["m"].sampler = Failing(1.0, 1000.0)
+    elif failure == "start":
+        mw.monitor.start = failing_start  # type: ignore[method-assign]
+    scope: dict[str, Any] = {"type": "http", "method": "POST", "path": "/predict"}
+    if failure != "tap":  # the tap reads the scope's headers, and fails without them
+        scope["headers"] = [(b"content-type", b"application/json")]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b'{"x": 1.0}'}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    with caplog.at_level("ERROR", logger="sidecar"):
+        for _ in range(3):
+            asyncio.run(mw(scope, receive, send))
+    assert given == [(receive, send)] * 3
+    assert [m.get("body") for m in sent if m["type"] == "http.response.body"] == [b'{"x": 1.0}'] * 3
+    assert mw.monitor.counts.errors == {"worker": 3}
+    assert len(mw.monitor._queue) == 0
+    logged = [r for r in caplog.records if "worker failed" in r.getMessage()]
+    assert len(logged) == 1 and isinstance(logged[0].exc_info[1], (_TapFailure, KeyError))
