@@ -133,7 +133,7 @@ count_down(PyObject *target)
  * and send (the server's own send when responses are not read) in *receive and *send,
  * 1; 0 when the cap refused; -1 with an exception set. The Python `_sampled`'s try. */
 static int
-tapped(Gate *self, PyObject *target, PyObject *monitor, PyObject *const *args,
+tapped(PyObject *target, PyObject *monitor, PyObject *limit, PyObject *const *args,
        PyObject **receive, PyObject **send)
 {
     PyObject *sampler = PyObject_GetAttr(target, s_sampler);
@@ -162,10 +162,8 @@ tapped(Gate *self, PyObject *target, PyObject *monitor, PyObject *const *args,
     PyObject *responses = queue == NULL ? NULL : PyObject_GetAttr(target, s_sample_responses);
     PyObject *tap = NULL;
     if (responses != NULL) {
-        PyObject *limit = Py_NewRef(self->max_body_bytes);
         PyObject *call[7] = {monitor, queue, responses, limit, args[0], args[1], args[2]};
         tap = PyObject_Vectorcall(tap_type, call, 7, NULL);
-        Py_DECREF(limit);
     }
     int read_responses = tap == NULL ? -1 : PyObject_IsTrue(responses);
     Py_XDECREF(queue);
@@ -194,7 +192,7 @@ tapped(Gate *self, PyObject *target, PyObject *monitor, PyObject *const *args,
 static PyObject *
 sampled(Gate *self, PyObject *target, PyObject *const *args)
 {
-    if (tap_type == NULL || self->max_body_bytes == NULL) {
+    if (tap_type == NULL || self->max_body_bytes == NULL || self->app == NULL) {
         /* self._sampled(target, scope, receive, send) */
         PyObject *stack[5] = {(PyObject *)self, target, args[0], args[1], args[2]};
         return PyObject_VectorcallMethod(s_sampled, stack, 5, NULL);
@@ -203,17 +201,18 @@ sampled(Gate *self, PyObject *target, PyObject *const *args)
     if (monitor == NULL) {
         return NULL; /* the Python path's `except` needs it too, and raises */
     }
+    /* Held from here: the Python code below (take, start) may replace or delete them. */
+    PyObject *app = Py_NewRef(self->app), *limit = Py_NewRef(self->max_body_bytes);
     PyObject *receive = NULL, *send = NULL;
-    int tap = tapped(self, target, monitor, args, &receive, &send);
-    if (tap < 0 && count_exception(monitor, "worker") < 0) {
-        Py_DECREF(monitor);
-        return NULL; /* not an Exception: raised, as `except Exception` raises it */
+    int tap = tapped(target, monitor, limit, args, &receive, &send);
+    Py_DECREF(limit);
+    PyObject *result = NULL;
+    /* A failure that is not an Exception is raised, as `except Exception` raises it. */
+    if (tap >= 0 || count_exception(monitor, "worker") == 0) {
+        PyObject *call[3] = {args[0], tap > 0 ? receive : args[1], tap > 0 ? send : args[2]};
+        result = PyObject_Vectorcall(app, call, 3, NULL);
     }
     Py_DECREF(monitor);
-    PyObject *call[3] = {args[0], tap > 0 ? receive : args[1], tap > 0 ? send : args[2]};
-    /* Held for the call: the app may replace `self.app` while it runs. */
-    PyObject *app = Py_NewRef(self->app);
-    PyObject *result = PyObject_Vectorcall(app, call, 3, NULL);
     Py_DECREF(app);
     Py_XDECREF(receive);
     Py_XDECREF(send);

@@ -65,7 +65,7 @@ static PyTypeObject *QueueType;
 static int
 admits(SampleQueue *q, Py_ssize_t size)
 {
-    return q->length < q->limit && q->bytes + (long long)size <= q->max_bytes;
+    return q->length < q->limit && (long long)size <= q->max_bytes - q->bytes;
 }
 
 /* Appends `sample` (a new reference is taken) once `admits` said yes; calls wake()
@@ -329,16 +329,20 @@ queue_length(SampleQueue *q)
     return q->length;
 }
 
-/* iter(queue): the samples queued now, oldest first (a snapshot). */
+/* iter(queue): the samples queued now, oldest first (a snapshot). A list, appended to:
+ * allocating a tuple of the length may collect garbage, whose finalizers may put. */
 static PyObject *
 queue_iter(SampleQueue *q)
 {
-    PyObject *samples = PyTuple_New(q->length);
+    PyObject *samples = PyList_New(0);
     if (samples == NULL) {
         return NULL;
     }
     for (Py_ssize_t i = 0; i < q->length; i++) {
-        PyTuple_SET_ITEM(samples, i, Py_NewRef(q->ring[(q->head + i) % q->capacity].sample));
+        if (PyList_Append(samples, q->ring[(q->head + i) % q->capacity].sample) < 0) {
+            Py_DECREF(samples);
+            return NULL;
+        }
     }
     PyObject *it = PyObject_GetIter(samples);
     Py_DECREF(samples);

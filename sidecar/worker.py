@@ -342,8 +342,10 @@ class Monitor:
         self.baseline_file: BaselineFile | None = None
         self._wakeup = threading.Event()
         # Its limit is 0 once disabled: every sample is refused.
+        # Bounds as the queue's integers: "no bound" (math.inf, say) as 2**62.
+        samples, body_bytes = (int(min(n, 1 << 62)) for n in (queue_size, max_queue_bytes))
         self._queue: PythonSampleQueue = SampleQueue(
-            queue_size, max_queue_bytes, wake_samples, self._wakeup.set
+            samples, body_bytes, wake_samples, self._wakeup.set
         )
         self._triaged = type(self._queue) is not PythonSampleQueue  # it sorts in C
         self.restarts = 0
@@ -671,8 +673,14 @@ class Monitor:
         read_outputs = self._prediction_column and read_predictions is not None
         tick = self.pacer.tick
         tick()
-        triage = self._queue.triage  # type: ignore[attr-defined]
-        sorted_ = triage(n, _sent_as_is, self.checks_responses, read_outputs)
+        queue = self._queue
+        queued = len(queue)
+        try:
+            sorted_ = queue.triage(n, _sent_as_is, self.checks_responses, read_outputs)  # type: ignore[attr-defined]
+        except Exception:  # no memory for its lists: what it took is counted, not lost
+            self._error("extract")
+            _bump(self.counts.rejected, "monitor_error", queued - len(queue))
+            return
         plain, bodies, outputs, output_bodies, output_headers, others, slow = sorted_
         for sample in slow:
             self._extract(sample, requests, responses)

@@ -335,3 +335,25 @@ def test_the_python_gate_passes_the_middleware_tests() -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert " passed" in done.stdout
+
+
+@compiled_only
+def test_a_sampler_that_deletes_the_body_limit_while_deciding_does_not_crash_the_gate(
+    baseline: Baseline,
+) -> None:
+    """The gate holds what it read before running the sampler's Python (UBSan found a
+    NULL dereference here once)."""
+    mw = middleware(baseline, sample_rate=1.0)
+    run(mw, 1)  # routes the path
+
+    class Deleting:
+        countdown = 0
+
+        def take(self) -> bool:
+            del mw.max_body_bytes
+            return True
+
+    mw.targets["default"].sampler = Deleting()
+    before = mw.monitor._queue.sampled
+    run(mw, 1)
+    assert mw.monitor._queue.sampled == before + 1  # tapped with the limit it had read

@@ -5,6 +5,7 @@ of other Python versions and under sanitizers.)"""
 
 from __future__ import annotations
 
+import gc
 from collections import deque
 from typing import Any
 
@@ -152,3 +153,36 @@ def test_the_compiled_tap_refuses_a_sample_class_without_the_slots_it_writes() -
 
     with pytest.raises(TypeError, match="request is not a slot of"):
         compiled("_tap", "use_sample")(Loose)
+
+
+def test_iterating_while_a_finalizer_puts_gives_a_consistent_snapshot(kind: Any) -> None:
+    # Allocating the snapshot may collect garbage, whose finalizers may put (the
+    # compiled queue once wrote past the end of a tuple sized before: ASan caught it).
+    queue = kind(1000, 1 << 30, 10_000, Wakes())
+    first = [sample(i) for i in range(3)]
+    for s in first:
+        queue.put(s, 1)
+
+    class Putter:
+        def __del__(self) -> None:
+            for i in range(50):
+                queue.put(sample(100 + i), 1)
+
+    def garbage() -> None:
+        cycle = Putter()
+        cycle.self = cycle  # type: ignore[attr-defined]
+
+    threshold = gc.get_threshold()
+    gc.collect()
+    gc.disable()
+    try:
+        garbage()
+        gc.enable()
+        gc.set_threshold(1)
+        snapshot = list(queue)
+    finally:
+        gc.set_threshold(*threshold)
+        gc.enable()
+    gc.collect()
+    assert len(queue) == 53
+    assert snapshot[:3] == first and snapshot == list(queue)[: len(snapshot)]

@@ -4,6 +4,7 @@ the per-sample path (`Monitor._extract`) does, for usual and odd exchanges alike
 from __future__ import annotations
 
 import gzip
+import math
 from typing import Any
 
 import orjson
@@ -296,3 +297,41 @@ def test_the_compiled_identity_check_is_the_python_one_for_headers_servers_send(
     if usual:
         assert fast is worker._identity(headers)
         assert records.identity(tuple(headers)) is fast
+
+
+def test_queue_bounds_given_as_floats_or_infinity_are_taken_as_integers(
+    baseline: Baseline,
+) -> None:
+    monitor = Monitor(baseline, registry=None, queue_size=1e3, max_queue_bytes=math.inf)
+    assert (monitor._queue.limit, monitor._queue.max_bytes) == (1000, 1 << 62)
+    assert monitor.submit(Sample([b'{"x": 1.0}']))
+
+
+def test_samples_taken_by_a_sorting_that_fails_are_counted_not_lost() -> None:
+    # Wider than any envelope, so the compiled reader takes its bodies.
+    flat = Baseline.from_records(
+        [{f"n{j}": float(i % 10 + j) for j in range(6)} for i in range(99)]
+    )
+    monitor = Monitor(flat, registry=None)
+    if not monitor._triaged or monitor._reader is None:
+        pytest.skip("not compiled here: the worker sorts in Python")
+    compiled = monitor._queue
+
+    class TakesTwoThenFails:
+        def __len__(self) -> int:
+            return len(compiled)
+
+        def popleft(self) -> Sample:
+            return compiled.popleft()
+
+        def triage(self, *args: Any) -> Any:
+            compiled.popleft(), compiled.popleft()
+            raise MemoryError
+
+    for _ in range(5):
+        monitor.submit(Sample([orjson.dumps({f"n{j}": 1.0 for j in range(6)})]))
+    monitor._queue = TakesTwoThenFails()  # type: ignore[assignment]
+    monitor.process_pending()
+    assert monitor.counts.errors == {"extract": 1}
+    assert monitor.counts.rejected == {"monitor_error": 2}
+    assert len(compiled) == 3  # left for the next pass
