@@ -22,17 +22,17 @@
 #define FEW_CHUNKS 8 /* bodies of more chunks go to a list (appends stay linear) */
 
 static PyObject *s_type, *s_body, *s_more_body, *s_status, *s_headers, *s_http_request,
-    *s_http_disconnect, *s_response_body, *s_response_start, *s_request, *s_response,
-    *s_response_headers, *s_size, *s_submit, *s_counts, *s_dropped,
+    *s_http_disconnect, *s_response_body, *s_response_start, *s_response_headers,
+    *s_submit, *s_counts, *s_dropped,
     *s_too_large, *s_body_incomplete, *s_empty_body, *s_get, *s_throw, *s_close,
     *s_queue_full, *s_monitor_disabled,
     *empty_bytes, *empty_tuple, *one;
 static PyObject *sample_type; /* sidecar.worker.Sample, set by `use_sample` */
 /* Where Sample's slots are, by `use_sample`: request, response, status, headers,
- * response_headers, size. */
-#define SAMPLE_SLOTS 6
+ * response_headers. (Its size stays with the queue.) */
+#define SAMPLE_SLOTS 5
 static const char *sample_slot_names[SAMPLE_SLOTS] = {
-    "request", "response", "status", "headers", "response_headers", "size"};
+    "request", "response", "status", "headers", "response_headers"};
 static Py_ssize_t sample_slots[SAMPLE_SLOTS];
 static PyTypeObject *TapType, *ReceivingType;
 
@@ -132,13 +132,20 @@ queue_popleft(SampleQueue *q, PyObject *unused)
     return sample;
 }
 
-static PyObject *
-queue_clear_method(SampleQueue *q, PyObject *unused)
+/* Drops every queued sample (what their destructors put goes too). */
+static void
+drop_all(SampleQueue *q)
 {
     PyObject *sample;
     while ((sample = pop(q)) != NULL) {
         Py_DECREF(sample);
     }
+}
+
+static PyObject *
+queue_clear_method(SampleQueue *q, PyObject *unused)
+{
+    drop_all(q);
     Py_RETURN_NONE;
 }
 
@@ -314,9 +321,8 @@ queue_put(SampleQueue *q, PyObject *const *args, Py_ssize_t nargs)
     if (!admits(q, size)) {
         Py_RETURN_FALSE;
     }
-    int failed = PyObject_SetAttr(sample, s_size, args[1]) < 0
-                 || as_tuple(sample, s_headers) < 0
-                 || as_tuple(sample, s_response_headers) < 0 || push(q, sample, size) < 0;
+    int failed = as_tuple(sample, s_headers) < 0 || as_tuple(sample, s_response_headers) < 0
+                 || push(q, sample, size) < 0;
     if (failed) {
         return NULL;
     }
@@ -347,12 +353,6 @@ queue_iter(SampleQueue *q)
     PyObject *it = PyObject_GetIter(samples);
     Py_DECREF(samples);
     return it;
-}
-
-static PyObject *
-queue_bytes(SampleQueue *q, void *unused)
-{
-    return PyLong_FromLongLong(q->bytes);
 }
 
 /* SampleQueue(limit, max_bytes, wake_samples, wake) */
@@ -397,10 +397,7 @@ static int
 queue_clear(SampleQueue *q)
 {
     Py_CLEAR(q->wake);
-    PyObject *sample;
-    while ((sample = pop(q)) != NULL) {
-        Py_DECREF(sample);
-    }
+    drop_all(q);
     return 0;
 }
 
@@ -422,13 +419,9 @@ static PyMemberDef queue_members[] = {
     QUEUE_MEMBER("limit", T_PYSSIZET, limit, 0, "samples queued at most; 0 refuses all"),
     QUEUE_MEMBER("max_bytes", T_LONGLONG, max_bytes, READONLY, "body bytes queued at most"),
     QUEUE_MEMBER("sampled", T_LONGLONG, sampled, READONLY, "samples ever queued"),
+    QUEUE_MEMBER("bytes", T_LONGLONG, bytes, READONLY, "body bytes the queued samples hold"),
     QUEUE_MEMBER("wake_samples", T_PYSSIZET, wake_samples, 0, "wake the worker at this many"),
     QUEUE_MEMBER("woken", T_BOOL, woken, 0, "wake() called; set back to False by the worker"),
-    {NULL},
-};
-
-static PyGetSetDef queue_getset[] = {
-    {"bytes", (getter)queue_bytes, NULL, "body bytes the queued samples hold", NULL},
     {NULL},
 };
 
@@ -447,7 +440,6 @@ static PyType_Slot queue_slots[] = {
     {Py_tp_new, queue_new},
     {Py_tp_methods, queue_methods},
     {Py_tp_members, queue_members},
-    {Py_tp_getset, queue_getset},
     {Py_tp_iter, queue_iter},
     {Py_sq_length, queue_length},
     {Py_tp_traverse, queue_traverse},
@@ -637,10 +629,10 @@ bump(Tap *self, PyObject *reason)
 }
 
 /* A Sample of the exchange, its slots written at their offsets (a generic attribute
- * set costs about 200 instructions, six of them a sample). `queued`: for the compiled
+ * set costs about 200 instructions, five of them a sample). `queued`: for the compiled
  * queue, with the header lists as tuples (see PythonSampleQueue.put for why). */
 static PyObject *
-new_sample(Tap *self, PyObject *response, Py_ssize_t size, int queued)
+new_sample(Tap *self, PyObject *response, int queued)
 {
     PyTypeObject *type = (PyTypeObject *)sample_type;
     PyObject *sample = type->tp_alloc(type, 0);
@@ -650,10 +642,8 @@ new_sample(Tap *self, PyObject *response, Py_ssize_t size, int queued)
     PyObject *headers = queued ? PySequence_Tuple(self->headers) : Py_NewRef(self->headers);
     PyObject *response_headers = queued ? PySequence_Tuple(self->response_headers)
                                         : Py_NewRef(self->response_headers);
-    PyObject *bytes = PyLong_FromSsize_t(size);
     PyObject *values[SAMPLE_SLOTS] = {Py_XNewRef(self->request), Py_NewRef(response),
-                                      Py_XNewRef(self->status), headers, response_headers,
-                                      bytes};
+                                      Py_XNewRef(self->status), headers, response_headers};
     int failed = 0;
     for (int i = 0; i < SAMPLE_SLOTS; i++) {
         failed |= values[i] == NULL;
@@ -695,7 +685,7 @@ finish(Tap *self)
     if (queue != NULL && !admits(queue, size)) {
         return bump(self, queue->limit == 0 ? s_monitor_disabled : s_queue_full);
     }
-    PyObject *sample = new_sample(self, response, queue != NULL ? size : 0, queue != NULL);
+    PyObject *sample = new_sample(self, response, queue != NULL);
     if (sample == NULL) {
         return -1;
     }
@@ -1376,8 +1366,7 @@ PyInit__tap(void)
         || intern(&s_http_disconnect, "http.disconnect") < 0
         || intern(&s_response_body, "http.response.body") < 0
         || intern(&s_response_start, "http.response.start") < 0
-        || intern(&s_request, "request") < 0 || intern(&s_response, "response") < 0
-        || intern(&s_response_headers, "response_headers") < 0 || intern(&s_size, "size") < 0
+        || intern(&s_response_headers, "response_headers") < 0
         || intern(&s_submit, "submit") < 0 || intern(&s_counts, "counts") < 0
         || intern(&s_dropped, "dropped") < 0 || intern(&s_too_large, "too_large") < 0
         || intern(&s_body_incomplete, "body_incomplete") < 0

@@ -36,7 +36,9 @@ class PythonSampleQueue:
         self.wake = wake
         self.woken = False
         self.sampled = 0  # samples ever queued
-        self._items: deque[Sample] = deque()  # each knows its size (no pair to track)
+        self._items: deque[Sample] = deque()
+        # Their sizes beside them: (sample, size) pairs would be tracked by the cyclic GC.
+        self._sizes: deque[int] = deque()
         # Body bytes: added by the loop, removed by the worker, one writer each (two
         # threads' `+=` on one attribute could lose an update).
         self._bytes_in = 0
@@ -59,7 +61,6 @@ class PythonSampleQueue:
             raise ValueError("put(): a sample's size cannot be negative")
         if len(self._items) >= self.limit or self.bytes + size > self.max_bytes:
             return False
-        sample.size = size
         # Queued samples wait up to a second. The cyclic GC stops tracking a tuple of
         # bytes at its first collection, but a list (the server's header lists) is
         # promoted with the sample to the older generations, whose collections take
@@ -67,6 +68,7 @@ class PythonSampleQueue:
         sample.headers = tuple(sample.headers)
         sample.response_headers = tuple(sample.response_headers)
         self._bytes_in += size
+        self._sizes.append(size)  # first: the worker pops a size for every sample it sees
         self._items.append(sample)
         self.sampled += 1
         # Wake the worker only for a full batch: waking it per sample costs a thread
@@ -79,7 +81,7 @@ class PythonSampleQueue:
     def popleft(self) -> Sample:
         """The oldest sample; its bytes leave the bound. IndexError when empty."""
         sample = self._items.popleft()
-        self._bytes_out += sample.size
+        self._bytes_out += self._sizes.popleft()
         return sample
 
     def clear(self) -> None:

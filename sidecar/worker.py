@@ -55,7 +55,7 @@ class Sample:
     sample, and a frozen dataclass's __init__ costs several times more.
     """
 
-    __slots__ = ("headers", "request", "response", "response_headers", "size", "status")
+    __slots__ = ("headers", "request", "response", "response_headers", "status")
 
     def __init__(
         self,
@@ -70,7 +70,6 @@ class Sample:
         self.status = status
         self.headers = headers
         self.response_headers = response_headers
-        self.size = 0  # body bytes, set when queued (the queue's byte bound)
 
 
 @dataclass
@@ -622,7 +621,9 @@ class Monitor:
         read_outputs = self._prediction_column and read_predictions is not None
         predictions: list[float] = []  # plain numeric predictions read in Python
         if plain and reader is not None and self._triaged:
-            self._extract_triaged(n, reader, requests, responses, predictions, columns)
+            self._extract_triaged(
+                n, reader, read_outputs, requests, responses, predictions, columns
+            )
             self._prediction_column_of(predictions, columns)
             return
         tick = self.pacer.tick
@@ -662,6 +663,7 @@ class Monitor:
         self,
         n: int,
         reader: RecordReader,
+        read_outputs: bool,
         requests: list[Any],
         responses: list[Any],
         predictions: list[float],
@@ -670,7 +672,6 @@ class Monitor:
         """`_extract_batch`'s loop with the compiled queue sorting the samples, without
         a Python step per sample: the usual exchanges go to the readers in bulk, the
         others one by one as the loop takes them."""
-        read_outputs = self._prediction_column and read_predictions is not None
         tick = self.pacer.tick
         tick()
         queue = self._queue
