@@ -6,8 +6,9 @@
  * the compiled `Sampler`) read and write the same state. `take()` runs the common
  * case in C: the clock (CLOCK_MONOTONIC directly when the clock is time.monotonic,
  * as time.monotonic itself reads it on Linux), the token bucket, and the next gap from
- * those drawn ahead. The rare steps call the Python methods by name: `_count_thinned`
- * when the cap thins, `_estimate` once a second, `_draw_ahead` once per GAPS_AHEAD
+ * those drawn ahead, and adds up the requests the cap thinned (drawn into
+ * `rate_limited` by the Python `_settle` when it is read). The rare steps call the
+ * Python methods by name: `_estimate` once a second, `_draw_ahead` once per GAPS_AHEAD
  * samples. Each is called where the Python `take()` calls it, and the state is read
  * again after it returns, so the two give the same answers step by step.
  */
@@ -23,7 +24,7 @@
 
 #include "_sampling.h"
 
-static PyObject *s_count_thinned, *s_estimate, *s_draw, *s_draw_ahead, *monotonic;
+static PyObject *s_estimate, *s_draw, *s_draw_ahead, *monotonic;
 
 static int
 read_clock(SamplerCore *self, double *now)
@@ -135,15 +136,17 @@ draw(SamplerCore *self)
 static PyObject *
 sampler_take(SamplerCore *self, PyObject *unused)
 {
-    long long skipped, limited;
+    long long skipped, thinned, refused;
     if (__builtin_sub_overflow(self->gap, 1LL, &skipped)) {
         PyErr_SetString(PyExc_OverflowError, "sampler: gap out of range");
         return NULL;
     }
     if (skipped && self->thinning < 1.0) {
-        if (call_step(self, s_count_thinned, PyLong_FromLongLong(skipped)) < 0) {
+        if (__builtin_add_overflow(self->thinned, skipped, &thinned)) {
+            PyErr_SetString(PyExc_OverflowError, "sampler: more than 2**63 requests thinned");
             return NULL;
         }
+        self->thinned = thinned;
     }
     double now;
     if (read_clock(self, &now) < 0) {
@@ -163,11 +166,11 @@ sampler_take(SamplerCore *self, PyObject *unused)
     }
     else {
         self->tokens = tokens;
-        if (__builtin_add_overflow(self->rate_limited, 1LL, &limited)) {
-            PyErr_SetString(PyExc_OverflowError, "sampler: rate_limited out of range");
+        if (__builtin_add_overflow(self->refused, 1LL, &refused)) {
+            PyErr_SetString(PyExc_OverflowError, "sampler: more than 2**63 requests refused");
             return NULL;
         }
-        self->rate_limited = limited;
+        self->refused = refused;
         if (now - self->estimated_at >= OVERLOAD_ESTIMATE_SECONDS && estimate(self, now) < 0) {
             return NULL;
         }
@@ -190,7 +193,8 @@ static PyMemberDef sampler_members[] = {
     MEMBER("countdown", T_LONGLONG, countdown, "requests left before the next take()"),
     MEMBER("_gap", T_LONGLONG, gap, "the current gap"),
     MEMBER("_drawn", T_LONGLONG, drawn, "requests covered by the gaps drawn so far"),
-    MEMBER("rate_limited", T_LONGLONG, rate_limited, "selected requests the cap refused"),
+    MEMBER("_refused", T_LONGLONG, refused, "requests the token bucket refused"),
+    MEMBER("_thinned", T_LONGLONG, thinned, "requests of gaps ended while the cap thinned"),
     MEMBER("thinning", T_DOUBLE, thinning, "the share of selected requests the cap lets through"),
     MEMBER("max_per_second", T_DOUBLE, max_per_second, "the cap"),
     MEMBER("_estimated_at", T_DOUBLE, estimated_at, "when the thinning was estimated"),
@@ -264,7 +268,7 @@ intern(PyObject **slot, const char *text)
 PyMODINIT_FUNC
 PyInit__sampling(void)
 {
-    if (intern(&s_count_thinned, "_count_thinned") < 0 || intern(&s_estimate, "_estimate") < 0
+    if (intern(&s_estimate, "_estimate") < 0
         || intern(&s_draw, "_draw") < 0 || intern(&s_draw_ahead, "_draw_ahead") < 0) {
         return NULL;
     }

@@ -11,7 +11,8 @@ typedef struct {
     long long countdown;
     long long gap;
     long long drawn;
-    long long rate_limited;
+    long long refused; /* requests the token bucket refused */
+    long long thinned; /* requests of gaps ended while the cap thinned */
     double thinning;
     double max_per_second;
     double estimated_at;

@@ -13,11 +13,15 @@ from the traffic seen, so a capped sampler also costs one decrement per request.
 token bucket behind it is the hard limit for bursts between two estimates. Requests
 the rate selected but the cap kept out are counted in `rate_limited`: exactly when
 the rate is 1 or the cap does not bind, otherwise drawn from the binomial law the
-per-request coin flips would give.
+per-request coin flips would give. That draw is a numpy call, so it is not made per
+sample on the serving path: the requests the cap thinned are only added up there, and
+drawn in one binomial when the count is read or the law changes (a sum of binomials
+with one law is a binomial of the sum).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -67,16 +71,17 @@ class PythonSampler:
 
     The compiled `Sampler` (sidecar/_sampling.c) has this class as a base and replaces
     `take()` with C; the state below lives in its struct, and the rare steps
-    (`_count_thinned`, `_estimate`, `_draw_ahead`) stay here for both."""
+    (`_settle`, `_estimate`, `_draw_ahead`) stay here for both."""
 
     countdown: int
-    rate_limited: int
     thinning: float
     max_per_second: float
     clock: Callable[[], float]
     _gap: int
     _drawn: int
     _gaps: list[int]
+    _refused: int
+    _thinned: int
     _estimated_at: float
     _tokens: float
     _filled_at: float
@@ -101,7 +106,15 @@ class PythonSampler:
         self._geometric = rng.geometric
         self._binomial = rng.binomial
         self.thinning = 1.0  # the share of selected requests the cap lets through
-        self.rate_limited = 0
+        self._refused = 0  # requests the token bucket refused (each one taken)
+        # Requests of ended gaps while the cap thinned, each unselected or selected and
+        # refused: added up by take() on the serving thread (its only writer), and drawn
+        # into _thinned_refused up to _settled by _settle(), under the lock, from
+        # whichever thread reads rate_limited.
+        self._thinned = 0
+        self._settled = 0
+        self._thinned_refused = 0
+        self._settle_lock = threading.Lock()
         self._drawn = 0  # requests covered by the gaps drawn so far
         self._gap = 0
         # The cap's token bucket, in the sampler's own fields (the compiled one's struct).
@@ -122,11 +135,17 @@ class PythonSampler:
         """Requests of the current gap: taken or counted when the gap ends."""
         return self._gap - self.countdown
 
+    @property
+    def rate_limited(self) -> int:
+        """Requests the rate selected and the cap refused."""
+        self._settle()
+        return self._refused + self._thinned_refused
+
     def take(self) -> bool:
         """The countdown ran out: decide this request, draw the next gap."""
         skipped = self._gap - 1
         if skipped and self.thinning < 1.0:
-            self._count_thinned(skipped)
+            self._thinned += skipped
         now = self.clock()
         if now - self._estimated_at >= ESTIMATE_SECONDS:
             self._estimate(now)
@@ -135,23 +154,32 @@ class PythonSampler:
         )
         self._filled_at = now
         if not taken:
-            self.rate_limited += 1
+            self._refused += 1
             if now - self._estimated_at >= OVERLOAD_ESTIMATE_SECONDS:
                 self._estimate(now)
         self.countdown = self._draw()
         return taken
 
-    def _count_thinned(self, skipped: int) -> None:
-        """Of `skipped` requests, those the rate selected and the cap refused."""
-        if self.rate >= 1.0:
-            self.rate_limited += skipped
-            return
-        p, q = self.rate, self.thinning
-        refused = p * (1.0 - q) / (1.0 - p * q)  # P(selected, refused | not taken)
-        self.rate_limited += int(self._binomial(skipped, refused))
+    def _settle(self) -> None:
+        """Of the requests thinned since the last settling, those the rate selected and
+        the cap refused. All were thinned at the current thinning: `_estimate`, the one
+        place it changes, settles first, on the serving thread, between two takes."""
+        with self._settle_lock:
+            thinned = self._thinned
+            pending = thinned - self._settled
+            if not pending:
+                return
+            self._settled = thinned
+            if self.rate >= 1.0:
+                self._thinned_refused += pending
+                return
+            p, q = self.rate, self.thinning
+            refused = p * (1.0 - q) / (1.0 - p * q)  # P(selected, refused | not taken)
+            self._thinned_refused += int(self._binomial(pending, refused))
 
     def _estimate(self, now: float) -> None:
         """Thin to the cap: selected requests a second over the last estimate."""
+        self._settle()
         seen = self.seen
         selected = self.rate * (seen - self._requests_at_estimate) / (now - self._estimated_at)
         self.thinning = min(1.0, self.max_per_second / selected) if selected > 0 else 1.0

@@ -92,8 +92,8 @@ class _Counts:
         seen, dropped = self.seen, _summed(self.dropped, self.rejected)
         if sampler is not None:
             seen += sampler.seen
-            if sampler.rate_limited:
-                _bump(dropped, "rate_limited", sampler.rate_limited)
+            if limited := sampler.rate_limited:
+                _bump(dropped, "rate_limited", limited)
         return seen, dropped
 
     def observe_batch(self, seconds: float) -> None:
@@ -361,6 +361,10 @@ class Monitor:
         self._windows = 0
         self._deadline = clock() + window_seconds
         self._thread: threading.Thread | None = None
+        # Whether start() ran (and stop() did not since): a plain attribute, read for
+        # every sampled request by the serving path (a property would run a Python
+        # frame there).
+        self.started = False
         self._stopping = False
         self._start_lock = threading.Lock()
         self._logged: set[str] = set()
@@ -479,11 +483,6 @@ class Monitor:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    @property
-    def started(self) -> bool:
-        """Cheap check for the serving path (no thread call)."""
-        return self._thread is not None
-
     def start(self) -> None:
         with self._start_lock:
             if self.running or self.disabled:
@@ -494,6 +493,7 @@ class Monitor:
                 target=self._supervise, name=f"skew-monitor-{self.model}", daemon=True
             )
             self._thread.start()
+            self.started = True
             # Mounted sub-apps get no lifespan shutdown: flush at interpreter exit.
             atexit.register(self.stop)
 
@@ -509,6 +509,7 @@ class Monitor:
             if not thread.is_alive() and not self.disabled:
                 self.process_pending()  # queued after the worker's last pass
             self._thread = None
+            self.started = False
             atexit.unregister(self.stop)
 
     # -- the worker thread --------------------------------------------------------

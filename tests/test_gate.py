@@ -56,7 +56,7 @@ def middleware(
     baseline: Baseline, cls: type[SkewMiddleware] = SkewMiddleware, **options: Any
 ) -> Any:
     mw = cls(app, baseline=baseline, registry=CollectorRegistry(), **options)
-    mw.monitor._thread = object()  # "started": samples stay queued, no thread to stop
+    mw.monitor.started = True  # samples stay queued, no thread to stop
     return mw
 
 
@@ -270,7 +270,6 @@ def test_the_gate_keeps_no_reference_to_a_request(baseline: Baseline, rate: floa
 def test_a_dropped_middleware_is_freed_at_once(baseline: Baseline) -> None:
     """No reference cycle of its own: freed without waiting for the cyclic GC."""
     mw = middleware(baseline)
-    mw.monitor._thread = None
     ref = weakref.ref(mw)
     gc.disable()
     try:
@@ -282,7 +281,6 @@ def test_a_dropped_middleware_is_freed_at_once(baseline: Baseline) -> None:
 
 def test_a_middleware_in_a_reference_cycle_is_collected(baseline: Baseline) -> None:
     mw = middleware(baseline, sample_rate=0.0)
-    mw.monitor._thread = None
     mw.app = mw  # a cycle through the gate's own member
     ref = weakref.ref(mw)
     del mw

@@ -599,11 +599,25 @@ def test_scrapes_reuse_the_running_totals_until_rows_are_checked(baseline: Basel
     assert monitor.snapshot().totals[0].rows == 2
 
 
+def test_a_sampled_request_starts_the_monitor_again_after_each_stop(baseline: Baseline) -> None:
+    """Mounted sub-apps see no lifespan: a sampled request starts the worker, on the
+    middleware's first request (the Python path) and on later ones (the compiled gate)."""
+    mw, registry = tap(baseline)
+    monitor = mw.monitor
+    assert not monitor.started
+    for checked in (1, 2, 3):
+        asyncio.run(request(mw, chunks=[body({"x": 1.0, "c": "a"})]))
+        assert monitor.started and monitor.running
+        monitor.stop()  # checks what is queued
+        assert not monitor.started and not monitor.running
+        assert value(registry, "skew_rows_checked_total") == checked
+
+
 def test_queued_samples_leave_the_garbage_collector_little_to_promote(baseline: Baseline) -> None:
     # Samples wait up to a second for the worker: what the GC still tracks in them after a
     # young collection moves to the older generations, whose collections are long.
     mw, _ = tap(baseline)
-    mw.monitor._thread = threading.Thread()  # "started", never run: samples stay queued
+    mw.monitor.started = True  # no worker thread: samples stay queued
     n = 300
 
     async def run() -> None:
@@ -622,7 +636,6 @@ def test_queued_samples_leave_the_garbage_collector_little_to_promote(baseline: 
         assert all(s.response for s in mw.monitor._queue)  # responses are kept too
     finally:
         mw.monitor._queue.clear()
-        mw.monitor._thread = None
     assert tracked <= 2.5 * n  # the Sample (its chunks and headers are tuples of bytes)
 
 

@@ -139,3 +139,54 @@ def test_the_gaps_follow_a_new_thinning_at_once_not_after_those_drawn_ahead(make
 def test_bad_settings_are_rejected_naming_the_option(rate: float, cap: float, make: Make) -> None:
     with pytest.raises(ValueError, match="sample_rate|max_samples_per_second"):
         make(rate, cap)
+
+
+def test_requests_the_cap_thins_are_drawn_when_read_not_per_sample(make: Make) -> None:
+    """The binomial draw is a numpy call: the serving path only adds up what the cap
+    thinned, and one draw covers them all when the count is read."""
+    clock = Clock()
+    sampler = make(0.5, 100.0, clock=clock, seed=9)
+    sizes: list[int] = []
+    draw = sampler._binomial
+
+    def counting_binomial(n: int, p: float) -> int:
+        sizes.append(n)
+        return int(draw(n, p))
+
+    sampler._binomial = counting_binomial  # type: ignore[method-assign]
+    offer(sampler, 30_000, clock, per_second=10_000)  # 3 s at 50 times the cap
+    assert sampler.thinning < 0.1
+    estimates = len(sizes)  # one draw per re-estimate while the cap thinned, at most
+    assert estimates <= 3 / 0.1 + 1
+    limited = sampler.rate_limited
+    assert len(sizes) == estimates + 1
+    assert sampler.rate_limited == limited  # nothing new to draw: no call, same count
+    assert len(sizes) == estimates + 1
+    assert sum(sizes) == sampler._thinned
+
+
+def test_rate_limited_read_from_another_thread_loses_no_request(make: Make) -> None:
+    """At rate 1 every thinned request is refused, so the count is exact: reading it
+    from a second thread while the serving thread counts must lose none."""
+    import sys
+    import threading
+
+    clock = Clock()
+    sampler = make(1.0, 100.0, clock=clock, seed=10)
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            _ = sampler.rate_limited
+
+    reader = threading.Thread(target=read)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL over as often as it can
+    reader.start()
+    try:
+        taken = offer(sampler, 200_000, clock, per_second=200)  # thinned by half
+    finally:
+        done.set()
+        reader.join()
+        sys.setswitchinterval(interval)
+    assert taken + sampler.rate_limited + sampler.undecided == 200_000

@@ -39,7 +39,7 @@ def test_ci_builds_the_compiled_tap() -> None:
 def tapped(baseline: Baseline, app: Any) -> Any:
     """`app` behind the middleware, every request sampled, samples left queued."""
     mw = SkewMiddleware(app, baseline=baseline, registry=CollectorRegistry(), sample_rate=1.0)
-    mw.monitor._thread = object()  # "started": no worker thread to stop
+    mw.monitor.started = True  # no worker thread to stop
     return mw
 
 
