@@ -19,23 +19,35 @@ effect; the per-process medians show how much it moves the marginal cost.
 With `--variants noop` (the default list includes it) B is a second copy of the no-op
 middleware: an A/A control whose ratio must come out 1.000, or the method is biased.
 
+With `--perf`, each server runs under `perf record` (the cpu-clock event, which needs no
+hardware counters) and the report adds, per variant, where B's CPU per request differs
+from A's: µs per request by thread (the event loop or another), library and function,
+from the samples in the counted part of each phase. On a virtual machine the kernel's
+share moves by a couple of µs per request between phases (A/A included), but the
+user-space rows are steady: that is how a numpy call per sample on the loop was found.
+
     python bench/serving_ab.py [--variants noop,skew-0.1,skew-1.0] [--processes 3]
-                               [--duration 60] [--phase 2] [--skip 1]
+                               [--duration 60] [--phase 2] [--skip 1] [--perf]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import math
 import os
+import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import serving_load as sl
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -70,6 +82,7 @@ class Alternator:
         self.requests = 0
         self.started = False
         self.mark: tuple[float, int, float, float] | None = None
+        self.mark_at = 0.0  # time.monotonic() at the mark: perf's clock (-k CLOCK_MONOTONIC)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -86,14 +99,16 @@ class Alternator:
 
     def _mark(self) -> None:
         self.mark = self._now()
+        self.mark_at = time.monotonic()
         asyncio.get_running_loop().call_later(self.phase - self.skip, self._switch)
 
     def _switch(self) -> None:
         end = self._now()
         if self.mark is not None:
             deltas = [b - a for a, b in zip(self.mark, end, strict=True)]
+            bounds = f" {self.mark_at:.6f} {time.monotonic():.6f}"
             with open(self.out, "a") as f:
-                f.write(f"{self.current} " + " ".join(f"{d:.9g}" for d in deltas) + "\n")
+                f.write(f"{self.current} " + " ".join(f"{d:.9g}" for d in deltas) + bounds + "\n")
         self.current = 1 - self.current
         asyncio.get_running_loop().call_later(self.skip, self._mark)
 
@@ -127,6 +142,8 @@ class Phase:
     requests: int
     loop_cpu: float
     process_cpu: float
+    start: float = math.nan  # the counted part's bounds, time.monotonic()
+    end: float = math.nan
 
     @property
     def rps(self) -> float:
@@ -149,9 +166,16 @@ def read_phases(path: str) -> list[Phase]:
     phases = []
     with open(path) as f:
         for line in f:
-            app, seconds, requests, loop, process = line.split()
+            app, seconds, requests, loop, process, *bounds = line.split()
             phases.append(
-                Phase(int(app), float(seconds), int(requests), float(loop), float(process))
+                Phase(
+                    int(app),
+                    float(seconds),
+                    int(requests),
+                    float(loop),
+                    float(process),
+                    *map(float, bounds),
+                )  # fmt: skip
             )
     return phases
 
@@ -183,9 +207,74 @@ def pairs(phases: list[Phase], warmup: int) -> list[Pair]:
     return out
 
 
+PERF_HZ = 4999  # perf record's sampling frequency
+PerfKey = tuple[str, str, str]  # thread ("loop" or "other"), library, function
+# perf script -F tid,time,ip,sym,dso: "  1234 5678.901234:  7f00ab12 func (/path/lib.so)"
+PERF_LINE = re.compile(r"^\s*(\d+)\s+([\d.]+):\s+[0-9a-f]+\s+(.*?)\s+\((.*)\)\s*$")
+
+
+@dataclass
+class Profile:
+    """perf samples in the counted part of A's and B's phases, and their requests."""
+
+    samples: dict[int, Counter[PerfKey]] = field(
+        default_factory=lambda: {0: Counter(), 1: Counter()}
+    )
+    requests: dict[int, int] = field(default_factory=lambda: {0: 0, 1: 0})
+
+    def add(self, other: Profile) -> None:
+        for app in (0, 1):
+            self.samples[app].update(other.samples[app])
+            self.requests[app] += other.requests[app]
+
+    def per_request(self, app: int) -> dict[PerfKey, float]:
+        """µs of CPU per request by key."""
+        requests = self.requests[app]
+        return {k: n / PERF_HZ * 1e6 / requests for k, n in self.samples[app].items()}
+
+
+def attribute(lines: Iterable[str], phases: list[Phase], loop_tid: int, warmup: int) -> Profile:
+    """perf script's samples, filed under the phase whose counted part holds them (the
+    phases after the first `warmup`); the event loop is the thread whose id is the
+    process's."""
+    profile = Profile()
+    counted = [p for p in phases[warmup:] if not math.isnan(p.start)]
+    starts = [p.start for p in counted]
+    for line in lines:
+        match = PERF_LINE.match(line)
+        if match is None:
+            continue
+        at = float(match.group(2))
+        i = bisect.bisect_right(starts, at) - 1
+        if i < 0 or at >= counted[i].end:
+            continue
+        thread = "loop" if int(match.group(1)) == loop_tid else "other"
+        key = (thread, os.path.basename(match.group(4)), match.group(3))
+        profile.samples[counted[i].app][key] += 1
+    for p in counted:
+        profile.requests[p.app] += p.requests
+    return profile
+
+
+def perf_record(pid: int, path: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["perf", "record", "-k", "CLOCK_MONOTONIC", "-e", "cpu-clock", "-F", str(PERF_HZ),
+         "-o", path, "-p", str(pid)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def perf_profile(path: str, phases: list[Phase], loop_tid: int, warmup: int) -> Profile:
+    script = subprocess.run(
+        ["perf", "script", "-i", path, "-F", "tid,time,ip,sym,dso"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return attribute(script.splitlines(), phases, loop_tid, warmup)
+
+
 def measure(
     variant: str, args: argparse.Namespace, baseline: str, lua: str, body: bytes, tmp: str, n: int
-) -> list[Pair]:
+) -> tuple[list[Pair], Profile | None]:
     out = os.path.join(tmp, f"{variant}-{n}.phases")
     env = {
         VARIANT_ENV: variant,
@@ -194,18 +283,31 @@ def measure(
         SKIP_ENV: str(args.skip),
     }
     server = sl.start_server(variant, baseline, tmp, "serving_ab:app_factory", env)
+    perf_data = os.path.join(tmp, f"{variant}-{n}.perf")
+    recorder = None
     try:
         sl.wait_ready(server, body)
         # The phases start with the first request (wait_ready's): the warm-up is cut below.
         started = time.monotonic()
+        if args.perf:
+            recorder = perf_record(server.process.pid, perf_data)
         command = sl.wrk_command(server.port, args.warmup + args.duration, args.connections, lua)
         subprocess.run(command, capture_output=True, check=True)
         sl.check_sidecar_alive(server)
         # Seconds from the first phase's start to the end of the warm-up.
         warmup = args.warmup + (time.monotonic() - started - args.warmup - args.duration)
     finally:
+        if recorder is not None:
+            recorder.send_signal(signal.SIGINT)
+            recorder.wait()
         sl.stop_servers([server])
-    return pairs(read_phases(out), math.ceil(max(0.0, warmup) / args.phase))
+    phases = read_phases(out)
+    skipped = math.ceil(max(0.0, warmup) / args.phase)
+    profile = None
+    if recorder is not None:
+        profile = perf_profile(perf_data, phases, server.process.pid, skipped)
+        os.remove(perf_data)
+    return pairs(phases, skipped), profile
 
 
 def summary(values: list[float]) -> str:
@@ -247,11 +349,18 @@ def checked_variants(args: argparse.Namespace) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     add_arguments(parser, processes=3, duration=60.0, phase=2.0, skip=1.0)
+    parser.add_argument(
+        "--perf", action="store_true",
+        help="record each server with perf and show where B's CPU per request differs",
+    )  # fmt: skip
     args = parser.parse_args()
     variants = checked_variants(args)
+    if args.perf and shutil.which("perf") is None:
+        sys.exit("perf is not on PATH. Install it with: apt-get install -y linux-perf")
     os.sched_setaffinity(0, {1})
     body = sl.request_body()
     results: dict[str, list[list[Pair]]] = {v: [] for v in variants}
+    profiles = {v: Profile() for v in variants}
     with tempfile.TemporaryDirectory(prefix="serving-ab-") as tmp:
         baseline = os.path.join(tmp, "baseline.json")
         sl.write_baseline(baseline)
@@ -259,14 +368,56 @@ def main() -> None:
         sl.write_lua(lua, body)
         for n in range(args.processes):
             for variant in sl.rotated(variants, n):
-                got = measure(variant, args, baseline, lua, body, tmp, n)
+                got, profile = measure(variant, args, baseline, lua, body, tmp, n)
                 results[variant].append(got)
+                if profile is not None:
+                    profiles[variant].add(profile)
                 median = statistics.median(p.rps for p in got) if got else math.nan
                 sl.progress(
                     f"process {n + 1}/{args.processes} {variant:<15} {len(got)} pairs, "
                     f"req/s ratio median {median:.3f}"
                 )
     report(args, results)
+    if args.perf:
+        for variant, profile in profiles.items():
+            print()
+            print(profile_report(variant, profile))
+
+
+def profile_report(variant: str, profile: Profile, rows: int = 15) -> str:
+    """The functions whose CPU per request differs most between B and A, and the totals
+    by thread and library."""
+    a, b = profile.per_request(0), profile.per_request(1)
+    if not a or not b:
+        return f"{variant}: no perf samples in the counted phases"
+
+    def line(key: tuple[str, ...], a_us: float, b_us: float) -> list[str]:
+        return [*key, f"{a_us:.3f}", f"{b_us:.3f}", f"{b_us - a_us:+.3f}"]
+
+    def excess(key: PerfKey) -> float:
+        return b.get(key, 0.0) - a.get(key, 0.0)
+
+    ordered = sorted(set(a) | set(b), key=excess, reverse=True)
+    falls = [k for k in reversed(ordered[rows:]) if excess(k) < 0]  # B's savings, largest first
+    shown = ordered[:rows] + falls[: rows // 3]
+    by_function = [line(k, a.get(k, 0.0), b.get(k, 0.0)) for k in shown]
+    totals: dict[tuple[str, str], list[float]] = {}
+    for app, values in ((0, a), (1, b)):
+        for (thread, library, _), us in values.items():
+            totals.setdefault((thread, library), [0.0, 0.0])[app] += us
+    by_library = [
+        line(k, *v) for k, v in sorted(totals.items(), key=lambda kv: kv[1][0] - kv[1][1])
+    ][:rows]
+    header = ["thread", "library", "A µs/req", "B µs/req", "B - A"]
+    return "\n".join([
+        f"{variant}: perf, CPU per request by function, A (no-op) and B "
+        f"({profile.requests[0]:,} and {profile.requests[1]:,} requests counted; the "
+        "kernel's rows move by a few µs between phases on a virtual machine)",
+        sl.table(["thread", "library", "function", *header[2:]], by_function),
+        "",
+        f"{variant}: by thread and library",
+        sl.table(header, by_library),
+    ])  # fmt: skip
 
 
 def report(args: argparse.Namespace, results: dict[str, list[list[Pair]]]) -> None:

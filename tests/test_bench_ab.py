@@ -97,6 +97,11 @@ def test_the_alternator_switches_apps_and_records_each_phase_after_the_skip(
         # Counted from 0.05 s after a switch to the next: 0.15 s, later if timers are late.
         assert 0.149 <= seconds < 0.4
         assert 0 < requests <= seconds / 0.001
+    phases = ab.read_phases(str(out))
+    for before, after in zip(phases, phases[1:], strict=False):
+        assert before.end <= after.start  # the skipped 0.05 s lies between them
+    for p in phases:  # the counted part's bounds on perf's clock, time.monotonic()
+        assert p.end - p.start == pytest.approx(p.seconds, abs=0.01)
     assert calls[0] > 0 and calls[1] > 0
     assert sum(calls) == alternator.requests
 
@@ -104,3 +109,54 @@ def test_the_alternator_switches_apps_and_records_each_phase_after_the_skip(
 def test_the_alternator_refuses_a_skip_as_long_as_the_phase(ab: Any, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--skip"):
         ab.Alternator((None, None), phase=1.0, skip=1.0, out=str(tmp_path / "x"))
+
+
+def perf_line(tid: int, at: float, function: str, library: str) -> str:
+    return f"  {tid} {at:.6f}:  7f00ab12 {function} (/usr/lib/{library})"
+
+
+def test_perf_samples_are_filed_under_the_counted_phase_and_thread_they_fall_in(ab: Any) -> None:
+    def counted(app: int, start: float, requests: int) -> Any:
+        return ab.Phase(app, 1.0, requests, 0.0, 0.0, start, start + 1.0)
+
+    # Warm-up A, then A B A, each counted for 1 s from 10, 12, 14 and 16 s.
+    phases = [
+        counted(0, 10.0, 1),
+        counted(0, 12.0, 100),
+        counted(1, 14.0, 50),
+        counted(0, 16.0, 100),
+    ]
+    lines = [
+        perf_line(7, 10.5, "warm", "libpython.so"),  # in the warm-up phase: left out
+        perf_line(7, 12.5, "eval", "libpython.so"),
+        perf_line(7, 13.5, "skipped", "libpython.so"),  # between two counted parts
+        perf_line(7, 14.2, "eval", "libpython.so"),
+        perf_line(7, 14.4, "take", "_sampling.so"),
+        perf_line(7, 14.5, "take", "_sampling.so"),
+        perf_line(8, 14.6, "check", "_records.so"),  # another thread: the worker
+        perf_line(7, 16.9, "eval", "libpython.so"),
+        perf_line(7, 17.5, "after", "libpython.so"),  # after the last counted part
+        "not a sample line",
+    ]
+    profile = ab.attribute(lines, phases, loop_tid=7, warmup=1)
+    assert profile.requests == {0: 200, 1: 50}
+    assert profile.samples[0] == {("loop", "libpython.so", "eval"): 2}
+    assert profile.samples[1] == {
+        ("loop", "libpython.so", "eval"): 1,
+        ("loop", "_sampling.so", "take"): 2,
+        ("other", "_records.so", "check"): 1,
+    }
+    a, b = profile.per_request(0), profile.per_request(1)
+    one_sample = 1e6 / ab.PERF_HZ  # µs of CPU
+    assert a[("loop", "libpython.so", "eval")] == pytest.approx(2 * one_sample / 200)
+    assert b[("loop", "libpython.so", "eval")] == pytest.approx(one_sample / 50)
+    report = ab.profile_report("skew-0.1", profile)
+    assert "200 and 50 requests counted" in report
+    functions, libraries = report.split("by thread and library")
+    rows = [
+        line.split("|")[3].strip()
+        for line in functions.splitlines()
+        if "| loop" in line or "| other" in line
+    ]
+    assert rows == ["take", "check", "eval"]  # B's excess, largest first, each once
+    assert "_sampling.so" in libraries.splitlines()[3]
