@@ -82,7 +82,6 @@ class Alternator:
         self.requests = 0
         self.started = False
         self.mark: tuple[float, int, float, float] | None = None
-        self.mark_at = 0.0  # time.monotonic() at the mark: perf's clock (-k CLOCK_MONOTONIC)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -95,18 +94,17 @@ class Alternator:
         await self.apps[self.current](scope, receive, send)
 
     def _now(self) -> tuple[float, int, float, float]:
-        return time.perf_counter(), self.requests, time.thread_time(), time.process_time()
+        return time.monotonic(), self.requests, time.thread_time(), time.process_time()
 
     def _mark(self) -> None:
         self.mark = self._now()
-        self.mark_at = time.monotonic()
         asyncio.get_running_loop().call_later(self.phase - self.skip, self._switch)
 
     def _switch(self) -> None:
         end = self._now()
         if self.mark is not None:
             deltas = [b - a for a, b in zip(self.mark, end, strict=True)]
-            bounds = f" {self.mark_at:.6f} {time.monotonic():.6f}"
+            bounds = f" {self.mark[0]:.6f} {end[0]:.6f}"  # on perf's clock: CLOCK_MONOTONIC
             with open(self.out, "a") as f:
                 f.write(f"{self.current} " + " ".join(f"{d:.9g}" for d in deltas) + bounds + "\n")
         self.current = 1 - self.current
@@ -175,7 +173,7 @@ def read_phases(path: str) -> list[Phase]:
                     float(loop),
                     float(process),
                     *map(float, bounds),
-                )  # fmt: skip
+                )
             )
     return phases
 

@@ -399,6 +399,30 @@ intern(PyObject **slot, const char *text)
     return *slot == NULL ? -1 : 0;
 }
 
+/* `module.name` in *out (a new reference) where that compiled module was built, NULL
+ * where it was not: 0. -1 with an exception set otherwise, an ImportError when the
+ * module lacks the name (sidecar.compiled then falls back to Python). */
+static int
+compiled_attribute(const char *module, const char *name, PyObject **out)
+{
+    *out = NULL;
+    PyObject *m = PyImport_ImportModule(module);
+    if (m == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_ImportError)) {
+            return -1;
+        }
+        PyErr_Clear();
+        return 0;
+    }
+    *out = PyObject_GetAttrString(m, name);
+    Py_DECREF(m);
+    if (*out == NULL) {
+        PyErr_Format(PyExc_ImportError, "%s has no %s", module, name);
+        return -1;
+    }
+    return 0;
+}
+
 PyMODINIT_FUNC
 PyInit__gate(void)
 {
@@ -413,35 +437,19 @@ PyInit__gate(void)
         return NULL;
     }
     /* The compiled tap, where it was built (else sampled requests take `_sampled`). */
-    PyObject *tap_module = PyImport_ImportModule("sidecar._tap");
-    if (tap_module == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_ImportError)) {
-            return NULL;
-        }
-        PyErr_Clear();
-    }
-    else {
-        tap_type = PyObject_GetAttrString(tap_module, "Tap");
-        Py_DECREF(tap_module);
-        if (tap_type == NULL) {
-            return NULL;
-        }
+    if (compiled_attribute("sidecar._tap", "Tap", &tap_type) < 0) {
+        return NULL;
     }
     /* The compiled sampler, where it was built (else samplers are counted down through
      * their attribute). */
-    PyObject *sampling = PyImport_ImportModule("sidecar._sampling");
-    if (sampling == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_ImportError)) {
-            return NULL;
-        }
-        PyErr_Clear();
+    PyObject *core;
+    if (compiled_attribute("sidecar._sampling", "SamplerCore", &core) < 0) {
+        return NULL;
     }
-    else {
-        PyObject *core = PyObject_GetAttrString(sampling, "SamplerCore");
-        Py_DECREF(sampling);
-        if (core == NULL || !PyType_Check(core)) {
-            Py_XDECREF(core);
-            PyErr_SetString(PyExc_ImportError, "sidecar._sampling has no SamplerCore type");
+    if (core != NULL) {
+        if (!PyType_Check(core)) {
+            Py_DECREF(core);
+            PyErr_SetString(PyExc_ImportError, "sidecar._sampling.SamplerCore is not a type");
             return NULL; /* an ImportError: sidecar.compiled falls back to Python */
         }
         sampler_core = (PyTypeObject *)core;

@@ -61,6 +61,13 @@ typedef struct {
 
 static PyTypeObject *QueueType;
 
+/* The i-th queued entry, oldest first. */
+static inline Entry *
+at(SampleQueue *q, Py_ssize_t i)
+{
+    return &q->ring[(q->head + i) % q->capacity];
+}
+
 /* Room for one more sample of `size` bytes. */
 static int
 admits(SampleQueue *q, Py_ssize_t size)
@@ -82,14 +89,14 @@ push(SampleQueue *q, PyObject *sample, Py_ssize_t size)
             return -1;
         }
         for (Py_ssize_t i = 0; i < q->length; i++) { /* unwrapped, oldest first */
-            ring[i] = q->ring[(q->head + i) % q->capacity];
+            ring[i] = *at(q, i);
         }
         PyMem_Free(q->ring);
         q->ring = ring;
         q->capacity = grown;
         q->head = 0;
     }
-    Entry *entry = &q->ring[(q->head + q->length) % q->capacity];
+    Entry *entry = at(q, q->length);
     entry->sample = Py_NewRef(sample);
     entry->size = size;
     q->length++;
@@ -345,7 +352,7 @@ queue_iter(SampleQueue *q)
         return NULL;
     }
     for (Py_ssize_t i = 0; i < q->length; i++) {
-        if (PyList_Append(samples, q->ring[(q->head + i) % q->capacity].sample) < 0) {
+        if (PyList_Append(samples, at(q, i)->sample) < 0) {
             Py_DECREF(samples);
             return NULL;
         }
@@ -388,7 +395,7 @@ queue_traverse(SampleQueue *q, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(q));
     Py_VISIT(q->wake);
     for (Py_ssize_t i = 0; i < q->length; i++) {
-        Py_VISIT(q->ring[(q->head + i) % q->capacity].sample);
+        Py_VISIT(at(q, i)->sample);
     }
     return 0;
 }

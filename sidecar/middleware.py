@@ -28,7 +28,6 @@ from .metrics import UNKNOWN_MODEL_REQUESTS
 from .models import Routes, model_from_path
 from .multiprocess import multiprocess_dir
 from .report import DriftRule
-from .sample_queue import PythonSampleQueue
 from .sampling import Sampler
 from .tap import DatagramSink
 from .worker import Extractor, Monitor, Sample, _bump
@@ -51,7 +50,7 @@ class _Target:
         self.sample_responses = responses and monitor.checks_responses
         # The compiled tap puts samples in the compiled queue itself (no submit call).
         self.queue = None
-        if isinstance(monitor, Monitor) and type(monitor._queue) is not PythonSampleQueue:
+        if isinstance(monitor, Monitor) and monitor._triaged:
             self.queue = monitor._queue
 
 

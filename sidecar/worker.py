@@ -77,7 +77,7 @@ class _Counts:
     """Plain integers: the loop writes seen/sampled/dropped, the worker the rest."""
 
     seen: int = 0
-    sampled: int = 0
+    sampled: int = 0  # the datagram tap's: a Monitor's queue counts its own
     checked: int = 0  # samples whose rows reached the checks (written by the worker)
     dropped: dict[str, int] = field(default_factory=dict)  # written by the event loop
     rejected: dict[str, int] = field(default_factory=dict)  # written by the worker
@@ -346,7 +346,8 @@ class Monitor:
         self._queue: PythonSampleQueue = SampleQueue(
             samples, body_bytes, wake_samples, self._wakeup.set
         )
-        self._triaged = type(self._queue) is not PythonSampleQueue  # it sorts in C
+        # The compiled queue: the compiled tap puts in it, and it sorts batches in C.
+        self._triaged = type(self._queue) is not PythonSampleQueue
         self.restarts = 0
         self.disabled = False
         self._lock = threading.Lock()  # guards engines, totals and reports
