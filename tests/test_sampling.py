@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import sys
+import threading
+
 import pytest
 from scipy import stats
 
@@ -153,7 +156,7 @@ def test_requests_the_cap_thins_are_drawn_when_read_not_per_sample(make: Make) -
         sizes.append(n)
         return int(draw(n, p))
 
-    sampler._binomial = counting_binomial  # type: ignore[method-assign]
+    sampler._binomial = counting_binomial  # type: ignore[assignment]
     offer(sampler, 30_000, clock, per_second=10_000)  # 3 s at 50 times the cap
     assert sampler.thinning < 0.1
     estimates = len(sizes)  # one draw per re-estimate while the cap thinned, at most
@@ -168,9 +171,6 @@ def test_requests_the_cap_thins_are_drawn_when_read_not_per_sample(make: Make) -
 def test_rate_limited_read_from_another_thread_loses_no_request(make: Make) -> None:
     """At rate 1 every thinned request is refused, so the count is exact: reading it
     from a second thread while the serving thread counts must lose none."""
-    import sys
-    import threading
-
     clock = Clock()
     sampler = make(1.0, 100.0, clock=clock, seed=10)
     done = threading.Event()
