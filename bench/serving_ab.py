@@ -263,6 +263,11 @@ def perf_record(pid: int, path: str) -> subprocess.Popen[bytes]:
 
 
 def perf_profile(path: str, phases: list[Phase], loop_tid: int, warmup: int) -> Profile:
+    if not os.path.exists(path):  # perf record exited at once: its output went to DEVNULL
+        raise RuntimeError(
+            f"perf record wrote no {path}: is perf allowed to profile this process? "
+            "(kernel.perf_event_paranoid at most 1, or run as root)"
+        )
     script = subprocess.run(
         ["perf", "script", "-i", path, "-F", "tid,time,ip,sym,dso"],
         capture_output=True, text=True, check=True,

@@ -160,3 +160,11 @@ def test_perf_samples_are_filed_under_the_counted_phase_and_thread_they_fall_in(
     ]
     assert rows == ["take", "check", "eval"]  # B's excess, largest first, each once
     assert "_sampling.so" in libraries.splitlines()[3]
+
+
+def test_a_perf_record_that_wrote_nothing_is_named_with_its_likely_cause(
+    ab: Any, tmp_path: Path
+) -> None:
+    missing = tmp_path / "skew-0.1-0.perf"
+    with pytest.raises(RuntimeError, match="perf record wrote no .*skew-0.1-0.perf.*paranoid"):
+        ab.perf_profile(str(missing), [], loop_tid=1, warmup=0)
