@@ -38,6 +38,7 @@ import bisect
 import math
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -69,7 +70,8 @@ IN_PROCESS = (
 class Alternator:
     """Sends each request to apps[0] or apps[1], switching every `phase` seconds, and
     appends one line per phase to `out`: which app, then wall seconds, requests,
-    event-loop CPU seconds and process CPU seconds from `skip` seconds into the phase."""
+    event-loop CPU seconds, process CPU seconds and the process's context switches from
+    `skip` seconds into the phase, then the counted part's bounds."""
 
     def __init__(self, apps: tuple[ASGIApp, ASGIApp], phase: float, skip: float, out: str):
         if not 0 <= skip < phase:
@@ -81,7 +83,7 @@ class Alternator:
         self.current = 0
         self.requests = 0
         self.started = False
-        self.mark: tuple[float, int, float, float] | None = None
+        self.mark: tuple[float, int, float, float, int] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -93,8 +95,10 @@ class Alternator:
         self.requests += 1  # both phases pay the same dispatch
         await self.apps[self.current](scope, receive, send)
 
-    def _now(self) -> tuple[float, int, float, float]:
-        return time.monotonic(), self.requests, time.thread_time(), time.process_time()
+    def _now(self) -> tuple[float, int, float, float, int]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        switches = usage.ru_nvcsw + usage.ru_nivcsw
+        return time.monotonic(), self.requests, time.thread_time(), time.process_time(), switches
 
     def _mark(self) -> None:
         self.mark = self._now()
@@ -140,6 +144,7 @@ class Phase:
     requests: int
     loop_cpu: float
     process_cpu: float
+    switches: int = 0  # the process's context switches, voluntary and involuntary
     start: float = math.nan  # the counted part's bounds, time.monotonic()
     end: float = math.nan
 
@@ -159,12 +164,16 @@ class Phase:
     def off_loop_us(self) -> float:
         return (self.process_cpu - self.loop_cpu) / self.requests * 1e6
 
+    @property
+    def switches_per_k(self) -> float:
+        return self.switches / self.requests * 1000
+
 
 def read_phases(path: str) -> list[Phase]:
     phases = []
     with open(path) as f:
         for line in f:
-            app, seconds, requests, loop, process, *bounds = line.split()
+            app, seconds, requests, loop, process, switches, *bounds = line.split()
             phases.append(
                 Phase(
                     int(app),
@@ -172,6 +181,7 @@ def read_phases(path: str) -> list[Phase]:
                     int(requests),
                     float(loop),
                     float(process),
+                    int(switches),
                     *map(float, bounds),
                 )
             )
@@ -187,6 +197,8 @@ class Pair:
     loop: float  # B's event-loop CPU per request / A's
     off_loop_us: float  # B's CPU per request off the loop (the worker)
     a_cpu_us: float
+    a_switches: float = 0.0  # context switches per 1,000 requests, A's mean and B's
+    b_switches: float = 0.0
 
 
 def pairs(phases: list[Phase], warmup: int) -> list[Pair]:
@@ -201,7 +213,18 @@ def pairs(phases: list[Phase], warmup: int) -> list[Pair]:
         a_rps = (before.rps + after.rps) / 2
         a_cpu = (before.cpu_us + after.cpu_us) / 2
         a_loop = (before.loop_us + after.loop_us) / 2
-        out.append(Pair(b.rps / a_rps, b.cpu_us / a_cpu, b.loop_us / a_loop, b.off_loop_us, a_cpu))
+        a_switches = (before.switches_per_k + after.switches_per_k) / 2
+        out.append(
+            Pair(
+                b.rps / a_rps,
+                b.cpu_us / a_cpu,
+                b.loop_us / a_loop,
+                b.off_loop_us,
+                a_cpu,
+                a_switches,
+                b.switches_per_k,
+            )
+        )
     return out
 
 
@@ -436,7 +459,7 @@ def report(args: argparse.Namespace, results: dict[str, list[list[Pair]]]) -> No
     print()
     header = [
         "B", "pairs", "req/s B/A (95 % interval)", "CPU/req B/A", "loop CPU/req B/A",
-        "off-loop µs/req", "A CPU µs/req", "per-process req/s B/A",
+        "off-loop µs/req", "A CPU µs/req", "switches/1k req A, B", "per-process req/s B/A",
     ]  # fmt: skip
     rows = []
     for variant, runs in results.items():
@@ -456,6 +479,8 @@ def report(args: argparse.Namespace, results: dict[str, list[list[Pair]]]) -> No
                 summary([p.loop for p in every]),
                 f"{statistics.median(p.off_loop_us for p in every):.2f}",
                 f"{statistics.median(p.a_cpu_us for p in every):.1f}",
+                f"{statistics.median(p.a_switches for p in every):.2f}, "
+                f"{statistics.median(p.b_switches for p in every):.2f}",
                 per_process,
             ]
         )

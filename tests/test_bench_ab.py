@@ -19,12 +19,14 @@ def ab() -> Iterator[Any]:
         yield modules["serving_ab"]
 
 
-def phase(ab: Any, app: int, rps: float, cpu_us: float, off_loop_us: float = 0.0) -> Any:
+def phase(
+    ab: Any, app: int, rps: float, cpu_us: float, off_loop_us: float = 0.0, switches: int = 0
+) -> Any:
     """One second of a phase with the given throughput and CPU per request."""
     requests = int(rps)
     process = cpu_us * requests / 1e6
     loop = process - off_loop_us * requests / 1e6
-    return ab.Phase(app, 1.0, requests, loop, process)
+    return ab.Phase(app, 1.0, requests, loop, process, switches)
 
 
 def test_each_b_phase_is_compared_with_the_mean_of_its_neighbouring_a_phases(ab: Any) -> None:
@@ -42,6 +44,17 @@ def test_each_b_phase_is_compared_with_the_mean_of_its_neighbouring_a_phases(ab:
     assert first.loop == pytest.approx((112.0 - 1.5) / 109.0)
     assert second.rps == pytest.approx(9000 / 9300)
     assert second.a_cpu_us == pytest.approx(107.0)
+
+
+def test_each_pair_counts_context_switches_per_thousand_requests_in_a_and_b(ab: Any) -> None:
+    phases = [
+        phase(ab, 0, 10000, 100.0, switches=30),
+        phase(ab, 1, 8000, 100.0, switches=80),
+        phase(ab, 0, 10000, 100.0, switches=50),
+    ]
+    (pair,) = ab.pairs(phases, warmup=0)
+    assert pair.a_switches == pytest.approx(4.0)  # (3 + 5) / 2 per 1,000 requests
+    assert pair.b_switches == pytest.approx(10.0)
 
 
 def test_phases_in_the_warm_up_and_b_phases_without_an_a_after_them_are_left_out(
@@ -102,6 +115,8 @@ def test_the_alternator_switches_apps_and_records_each_phase_after_the_skip(
         assert before.end <= after.start  # the skipped 0.05 s lies between them
     for p in phases:  # the counted part's bounds on perf's clock, time.monotonic()
         assert p.end - p.start == pytest.approx(p.seconds, abs=0.01)
+        # Each request's 1 ms sleep blocks the loop in epoll: a voluntary switch at least.
+        assert p.switches >= p.requests // 2
     assert calls[0] > 0 and calls[1] > 0
     assert sum(calls) == alternator.requests
 
@@ -117,7 +132,7 @@ def perf_line(tid: int, at: float, function: str, library: str) -> str:
 
 def test_perf_samples_are_filed_under_the_counted_phase_and_thread_they_fall_in(ab: Any) -> None:
     def counted(app: int, start: float, requests: int) -> Any:
-        return ab.Phase(app, 1.0, requests, 0.0, 0.0, start, start + 1.0)
+        return ab.Phase(app, 1.0, requests, 0.0, 0.0, start=start, end=start + 1.0)
 
     # Warm-up A, then A B A, each counted for 1 s from 10, 12, 14 and 16 s.
     phases = [
