@@ -45,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -60,6 +61,7 @@ SKIP_ENV = "SERVING_AB_SKIP"
 IN_PROCESS = (
     "noop", "skew-0.0", "skew-0.1", "skew-1.0", "skew-all", "sink-1.0-apart", "sink-1.0-drain",
     "skew-0.1-tap-only", "skew-0.1-queue-only", "skew-all-tap-only", "skew-0.1-no-pause",
+    "noop-wakes300", "noop-wakes1000",
     "sink-0.1-apart", "skew-0.0-pure", "skew-0.1-pure", "sink-0.1-pure-apart",
 )  # fmt: skip
 
@@ -73,13 +75,23 @@ class Alternator:
     event-loop CPU seconds, process CPU seconds and the process's context switches from
     `skip` seconds into the phase, then the counted part's bounds."""
 
-    def __init__(self, apps: tuple[ASGIApp, ASGIApp], phase: float, skip: float, out: str):
+    def __init__(
+        self,
+        apps: tuple[ASGIApp, ASGIApp],
+        phase: float,
+        skip: float,
+        out: str,
+        b_phase: threading.Event | None = None,
+    ):
         if not 0 <= skip < phase:
             raise ValueError(f"--skip must be in [0, phase), got {skip} with phase {phase}")
         self.apps = apps
         self.phase = phase
         self.skip = skip
         self.out = out
+        self.b_phase = b_phase  # set while B serves, clear while A does
+        if b_phase is not None:
+            b_phase.clear()
         self.current = 0
         self.requests = 0
         self.started = False
@@ -112,6 +124,8 @@ class Alternator:
             with open(self.out, "a") as f:
                 f.write(f"{self.current} " + " ".join(f"{d:.9g}" for d in deltas) + bounds + "\n")
         self.current = 1 - self.current
+        if self.b_phase is not None:
+            (self.b_phase.set if self.current else self.b_phase.clear)()
         asyncio.get_running_loop().call_later(self.skip, self._mark)
 
 
@@ -131,7 +145,8 @@ def app_factory() -> ASGIApp:
     a = sl.build_app("noop", baseline)
     b = sl.build_app(os.environ[VARIANT_ENV], baseline)
     phase, skip = float(os.environ[PHASE_ENV]), float(os.environ[SKIP_ENV])
-    return Alternator((a, b), phase, skip, os.environ[OUT_ENV])
+    # The waking variants' thread wakes in B's phases only, so A does not pay for it.
+    return Alternator((a, b), phase, skip, os.environ[OUT_ENV], b_phase=sl.WAKING)
 
 
 # -- the driver ------------------------------------------------------------------------------

@@ -36,6 +36,11 @@ medians; ratios are medians of per-round ratios against the no-op middleware, wi
                         cost of queueing, waking the worker and keeping samples a while
   skew-0.1-no-pause     skew-0.1 whose worker never steps aside while requests arrive
                         (busy_pause_seconds 0: only offers the GIL between slices)
+  noop-wakes300, noop-wakes1000
+                        the no-op middleware beside a thread that only wakes, 300 or
+                        1,000 times a second (a sleep, then the GIL), while WAKING is
+                        set: what wake-ups alone cost the event loop (serving_ab sets
+                        it during B's phases only)
   skew-0.0-pure, skew-0.1-pure, sink-0.1-pure-apart
                         the same with the compiled parts off (SKEW_SIDECAR_PURE_PYTHON=1:
                         the Python gate, and no record reader in the worker),
@@ -99,9 +104,10 @@ CATEGORICAL = 8
 SERVER_VARIANTS = (
     "bare", "noop", "noop-loaded", "skew-0.0", "skew-0.1", "skew-1.0", "skew-all", "sink-0.1",
     "sink-1.0", "sink-1.0-apart", "sink-1.0-drain", "exporter", "skew-0.1-tap-only",
-    "skew-0.1-queue-only", "skew-all-tap-only", "skew-0.1-no-pause",
-    "sink-0.1-apart", "skew-0.0-pure", "skew-0.1-pure", "sink-0.1-pure-apart",
+    "skew-0.1-queue-only", "skew-all-tap-only", "skew-0.1-no-pause", "noop-wakes300",
+    "noop-wakes1000", "sink-0.1-apart", "skew-0.0-pure", "skew-0.1-pure", "sink-0.1-pure-apart",
 )  # fmt: skip
+WAKES = "noop-wakes"  # the prefix of the waking variants, then wake-ups a second
 PURE = "-pure"  # in a variant's name: no compiled parts (sidecar/compiled.py)
 
 
@@ -156,6 +162,21 @@ class NoopMiddleware:
 
 
 LOADED: list[Any] = []  # noop-loaded's baseline
+WAKING = threading.Event()  # the waking variants' thread wakes only while it is set
+WAKING.set()
+
+
+def start_waking(per_second: int) -> None:
+    """A daemon thread that sleeps 1/per_second s and takes the GIL again, over and over,
+    while WAKING is set: a worker's wake-ups without its work."""
+    period = 1.0 / per_second
+
+    def wake() -> None:
+        while True:
+            WAKING.wait()
+            time.sleep(period)
+
+    threading.Thread(target=wake, name="waking", daemon=True).start()
 
 
 def _tap_only(app: ASGIApp, **options: Any) -> ASGIApp:
@@ -260,6 +281,9 @@ def build_app(variant: str, baseline_path: str) -> ASGIApp:
     routes: list[BaseRoute] = [Route("/predict", predict, methods=["POST"])]
     middleware: list[Middleware] = []
     if variant == "noop":
+        middleware.append(Middleware(NoopMiddleware))
+    elif variant.startswith(WAKES):
+        start_waking(int(variant.removeprefix(WAKES)))
         middleware.append(Middleware(NoopMiddleware))
     elif variant == "noop-loaded":
         from sidecar import Baseline

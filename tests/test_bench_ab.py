@@ -4,6 +4,10 @@ with the A phases on either side."""
 from __future__ import annotations
 
 import asyncio
+import re
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -119,6 +123,57 @@ def test_the_alternator_switches_apps_and_records_each_phase_after_the_skip(
         assert p.switches >= p.requests // 2
     assert calls[0] > 0 and calls[1] > 0
     assert sum(calls) == alternator.requests
+
+
+def test_the_alternator_sets_the_b_phase_event_exactly_while_b_serves(
+    ab: Any, tmp_path: Path
+) -> None:
+    b_phase = threading.Event()
+    b_phase.set()  # as the waking variants' module starts it
+    seen: list[set[bool]] = [set(), set()]
+
+    def app(index: int) -> Any:
+        async def served(scope: Any, receive: Any, send: Any) -> None:
+            seen[index].add(b_phase.is_set())
+            await asyncio.sleep(0.001)
+
+        return served
+
+    alternator = ab.Alternator(
+        (app(0), app(1)), phase=0.1, skip=0.02, out=str(tmp_path / "phases"), b_phase=b_phase
+    )
+    assert not b_phase.is_set()  # A serves first
+
+    async def drive() -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 0.55
+        while loop.time() < end:
+            await alternator({"type": "http"}, None, None)
+
+    asyncio.run(drive())
+    assert seen == [{False}, {True}]
+
+
+def test_the_waking_variant_wakes_only_while_its_event_is_set(ab: Any) -> None:
+    sl = sys.modules["serving_load"]
+    sl.WAKING.clear()
+    sl.start_waking(1000)
+    thread = next(t for t in threading.enumerate() if t.name == "waking")
+
+    def switches() -> int:  # the waking thread's own, from the kernel
+        status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+        return int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M)[1])  # type: ignore[index]
+
+    before = switches()
+    time.sleep(0.2)
+    idle = switches()
+    sl.WAKING.set()
+    time.sleep(0.2)
+    waking = switches()
+    sl.WAKING.clear()
+    # Cleared, it waits on the event; set, it sleeps a millisecond at a time.
+    assert idle - before <= 2
+    assert waking - idle > 50
 
 
 def test_the_alternator_refuses_a_skip_as_long_as_the_phase(ab: Any, tmp_path: Path) -> None:
