@@ -8,8 +8,9 @@ interval about 4 points wide, too wide to tell 0.99x from 0.97x.
 Here each server process holds two copies of the app, one behind the no-op middleware
 (A) and one behind the variant (B), and an outer dispatcher sends every request to A or
 B, switching every `--phase` seconds: A, B, A, B, ... under one continuous wrk run. Each
-phase records its requests, wall time and CPU (the event-loop thread, and the rest of
-the process: the monitor's worker) from `--skip` seconds after its start, so work left
+phase records its requests, wall time, CPU (the event-loop thread, and the rest of
+the process: the monitor's worker) and the process's context switches (a thread that
+wakes shows there) from `--skip` seconds after its start, so work left
 over from the previous phase (the worker wakes at least once a second) is not counted
 in it. Each B phase is compared with the mean of the A phases on either side (linear
 drift cancels), and the report shows the median of those ratios with a 95 % interval,
@@ -212,8 +213,8 @@ class Pair:
     loop: float  # B's event-loop CPU per request / A's
     off_loop_us: float  # B's CPU per request off the loop (the worker)
     a_cpu_us: float
-    a_switches: float = 0.0  # context switches per 1,000 requests, A's mean and B's
-    b_switches: float = 0.0
+    a_switches: float  # context switches per 1,000 requests, A's mean and B's
+    b_switches: float
 
 
 def pairs(phases: list[Phase], warmup: int) -> list[Pair]:

@@ -170,7 +170,7 @@ def test_the_waking_variant_wakes_only_while_its_event_is_set(ab: Any) -> None:
     sl.WAKING.set()
     time.sleep(0.2)
     waking = switches()
-    sl.WAKING.clear()
+    sl.WAKING.clear()  # left cleared: the daemon thread waits out the test run
     # Cleared, it waits on the event; set, it sleeps a millisecond at a time.
     assert idle - before <= 2
     assert waking - idle > 50
